@@ -4,6 +4,8 @@
 //! error names the variable at fault, and variables that no binary knows
 //! are reported so that a typo does not silently fall back to a default.
 
+pub mod http;
+
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::str::FromStr;
@@ -133,7 +135,10 @@ pub fn init_tracing(env: &Env) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(env.or("KIROKU_LOG", "info,sqlx=warn,aws=warn"))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
     let result = if env.get("KIROKU_LOG_FORMAT") == Some("json") {
         builder.json().flatten_event(true).try_init()
     } else {

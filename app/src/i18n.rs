@@ -1,0 +1,143 @@
+//! Spanish and English. The language comes from the `lang` cookie when the
+//! performer chose one, else from the browser's Accept-Language.
+
+use axum::http::HeaderMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Es,
+    En,
+}
+
+impl Lang {
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Es => "es",
+            Lang::En => "en",
+        }
+    }
+
+    pub fn other(self) -> Lang {
+        match self {
+            Lang::Es => Lang::En,
+            Lang::En => Lang::Es,
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Lang> {
+        match code {
+            "es" => Some(Lang::Es),
+            "en" => Some(Lang::En),
+            _ => None,
+        }
+    }
+
+    /// Cookie first, then the first supported Accept-Language entry by
+    /// quality; Spanish when nothing matches.
+    pub fn from_headers(headers: &HeaderMap) -> Lang {
+        let cookie = headers
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().strip_prefix("lang="))
+            .find_map(Lang::parse);
+        if let Some(l) = cookie {
+            return l;
+        }
+        let accept = headers
+            .get(axum::http::header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mut best: Option<(f32, Lang)> = None;
+        for part in accept.split(',') {
+            let mut it = part.trim().split(';');
+            let tag = it.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = it
+                .find_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
+                .unwrap_or(1.0);
+            let primary = tag.split('-').next().unwrap_or("");
+            if let Some(lang) = Lang::parse(primary) {
+                if best.is_none_or(|(bq, _)| q > bq) {
+                    best = Some((q, lang));
+                }
+            }
+        }
+        best.map(|(_, l)| l).unwrap_or(Lang::Es)
+    }
+
+    pub fn t(self) -> &'static Texts {
+        match self {
+            Lang::Es => &ES,
+            Lang::En => &EN,
+        }
+    }
+}
+
+/// Every string a page shows.
+pub struct Texts {
+    pub tagline: &'static str,
+    pub switch_to: &'static str,
+    pub login_title: &'static str,
+    pub username: &'static str,
+    pub password: &'static str,
+    pub sign_in: &'static str,
+    pub needs_island: &'static str,
+    pub zero_knowledge: &'static str,
+}
+
+pub static ES: Texts = Texts {
+    tagline: "De tu ensayo a tu guion.",
+    switch_to: "English",
+    login_title: "Entrar",
+    username: "Usuario",
+    password: "Contraseña",
+    sign_in: "Entrar",
+    needs_island: "Esta página necesita WebAssembly y JavaScript para proteger tus claves.",
+    zero_knowledge: "Tu contraseña nunca sale de este navegador: solo él puede abrir tus guiones.",
+};
+
+pub static EN: Texts = Texts {
+    tagline: "From your rehearsal to your script.",
+    switch_to: "Español",
+    login_title: "Sign in",
+    username: "Username",
+    password: "Password",
+    sign_in: "Sign in",
+    needs_island: "This page needs WebAssembly and JavaScript to protect your keys.",
+    zero_knowledge: "Your password never leaves this browser: only it can open your scripts.",
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn cookie_beats_accept_language() {
+        let h = headers(&[("cookie", "a=b; lang=en"), ("accept-language", "es-ES")]);
+        assert_eq!(Lang::from_headers(&h), Lang::En);
+    }
+
+    #[test]
+    fn accept_language_by_quality() {
+        let h = headers(&[("accept-language", "fr;q=1, en-GB;q=0.8, es;q=0.5")]);
+        assert_eq!(Lang::from_headers(&h), Lang::En);
+        let h = headers(&[("accept-language", "de, es-MX;q=0.9, en;q=0.2")]);
+        assert_eq!(Lang::from_headers(&h), Lang::Es);
+    }
+
+    #[test]
+    fn garbage_falls_back_to_spanish() {
+        let h = headers(&[("accept-language", ";;;q=x,,"), ("cookie", "lang=xx")]);
+        assert_eq!(Lang::from_headers(&h), Lang::Es);
+    }
+}

@@ -1,0 +1,92 @@
+//! The HTTP side of the app: shared state, the router and its layers.
+
+mod pages;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use kiroku_storage::IngestWriter;
+use sqlx::PgPool;
+use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::config::AppConfig;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<AppConfig>,
+    pub db: PgPool,
+    pub ingest: IngestWriter,
+    pub sessions: fred::clients::Pool,
+    pub queue: fred::clients::Pool,
+}
+
+/// Where `static/` lives: next to the binary's working directory by
+/// default (the repository root in development).
+fn static_dir() -> std::path::PathBuf {
+    std::env::var_os("KIROKU_STATIC_DIR_OVERRIDE")
+        .map(Into::into)
+        .unwrap_or_else(|| "static".into())
+}
+
+/// The Content Security Policy: no inline script or style, WebAssembly
+/// allowed, network only to ourselves and the export service.
+fn csp(config: &AppConfig) -> String {
+    let export = crate::config::origin_of(&config.export_public_url);
+    format!(
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
+         img-src 'self' blob: data:; media-src 'self' blob:; connect-src 'self' {export}; \
+         frame-src blob:; object-src 'none'; base-uri 'none'; form-action 'self'; \
+         frame-ancestors 'none'"
+    )
+}
+
+pub fn router(state: AppState) -> Router {
+    let csp = HeaderValue::from_str(&csp(&state.config)).expect("CSP is ASCII");
+    let app = Router::new()
+        .merge(pages::routes())
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .nest_service("/static", ServeDir::new(static_dir()))
+        .with_state(state)
+        .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, csp))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ));
+    kiroku_runtime::http::observe(app)
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    use fred::interfaces::ClientLike;
+    let db = s.db.clone();
+    let sessions = s.sessions.clone();
+    let queue = s.queue.clone();
+    let ingest = s.ingest.clone();
+    kiroku_runtime::http::readiness(vec![
+        ("database", Box::pin(async move {
+            sqlx::query("SELECT 1").execute(&db).await.map(drop).map_err(|e| e.to_string())
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>),
+        ("session redis", Box::pin(async move {
+            sessions.ping::<String>(None).await.map(drop).map_err(|e| e.to_string())
+        })),
+        ("queue redis", Box::pin(async move {
+            queue.ping::<String>(None).await.map(drop).map_err(|e| e.to_string())
+        })),
+        ("storage", Box::pin(async move { ingest.ping().await.map_err(|e| e.to_string()) })),
+    ])
+    .await
+}
