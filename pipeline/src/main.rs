@@ -1,1 +1,24 @@
-fn main(){}
+//! `kiroku-worker`: the background worker process.
+
+use std::process::ExitCode;
+
+use kiroku_pipeline::WorkerConfig;
+use kiroku_runtime::Env;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let env = Env::from_process();
+    kiroku_runtime::init_tracing(&env);
+    env.warn_unknown();
+    let result = match WorkerConfig::from_env(&env) {
+        Ok(config) => kiroku_pipeline::run(config).await,
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -31,6 +31,10 @@ pub fn observe(router: Router) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(tower::util::MapRequestLayer::new(|mut req: Request<axum::body::Body>| {
+            req.headers_mut().remove(&REQUEST_ID);
+            req
+        }))
 }
 
 /// Serves `router` on `listener` until SIGINT or SIGTERM, then lets
