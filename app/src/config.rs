@@ -23,6 +23,10 @@ pub struct AppConfig {
     pub login_limit_per_account: u32,
     pub login_limit_per_address: u32,
     pub session_hours: i64,
+    /// The window over which login attempts are counted, seconds.
+    pub login_window_secs: i64,
+    /// Prefix of the app's own Redis keys (rate limits), so deployments can share a server.
+    pub redis_prefix: String,
 }
 
 /// The ring the app signs export tokens with, and which kid it uses.
@@ -88,6 +92,8 @@ impl AppConfig {
             login_limit_per_account: env.parse_or("KIROKU_LOGIN_LIMIT_PER_ACCOUNT", 10)?,
             login_limit_per_address: env.parse_or("KIROKU_LOGIN_LIMIT_PER_ADDRESS", 50)?,
             session_hours: env.parse_or("KIROKU_SESSION_HOURS", 12)?,
+            login_window_secs: env.parse_or("KIROKU_LOGIN_WINDOW_SECS", 900)?,
+            redis_prefix: env.or("KIROKU_REDIS_PREFIX", "kiroku"),
         })
     }
 

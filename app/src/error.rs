@@ -12,10 +12,14 @@ pub enum AppError {
     Unauthorized,
     #[error("forbidden")]
     Forbidden,
+    #[error("missing or invalid CSRF token; reload the page")]
+    Csrf,
     #[error("not found")]
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    #[error("the request body is too large")]
+    PayloadTooLarge,
     #[error("too many attempts; try again later")]
     TooManyRequests,
     #[error("database: {0}")]
@@ -35,10 +39,11 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden => StatusCode::FORBIDDEN,
+            AppError::Forbidden | AppError::Csrf => StatusCode::FORBIDDEN,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Database(_) | AppError::Storage(_) | AppError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

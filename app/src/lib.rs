@@ -3,10 +3,12 @@
 //! `main.rs` only parses the command line; everything it runs is here so
 //! that tests can drive it.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod doctor;
 pub mod error;
+pub mod session;
 pub mod i18n;
 pub mod users;
 pub mod web;

@@ -69,7 +69,7 @@ async fn run(cli: Cli, env: Env) -> anyhow::Result<ExitCode> {
             let pool = db::connect(&config.database_url).await.context("PostgreSQL")?;
             match command {
                 UserCommand::Add { name } => {
-                    let user = users::add(&pool, &name).await?;
+                    let user = users::add(&pool, &name, config.kdf_default).await?;
                     println!("created user {} ({})", user.username, user.id);
                     println!("temporary password (shown once): {}", user.temporary_password);
                     println!("sign in at {}/login to choose a real password", config.public_url);

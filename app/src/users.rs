@@ -1,6 +1,7 @@
 //! Accounts as the operator manages them: create, list, disable.
 
 use argon2::{Argon2, PasswordHasher};
+use kiroku_crypto::kdf::KdfParams;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -48,7 +49,9 @@ pub struct NewUser {
     pub temporary_password: String,
 }
 
-pub async fn add(db: &PgPool, username: &str) -> Result<NewUser, AppError> {
+/// Creates `username` with a fresh temporary password, stored the way the
+/// browser will prove it: Argon2id/HKDF `auth` under `params`, hashed again.
+pub async fn add(db: &PgPool, username: &str, params: KdfParams) -> Result<NewUser, AppError> {
     if !valid_username(username) {
         return Err(AppError::BadRequest(
             "usernames are 1–63 characters: a-z, 0-9, '.', '_', '-', starting with a letter or digit"
@@ -56,15 +59,24 @@ pub async fn add(db: &PgPool, username: &str) -> Result<NewUser, AppError> {
         ));
     }
     let password = temporary_password()?;
-    let hash = slow_hash(password.as_bytes())?;
+    let pw = password.clone();
+    let (salt, hash) =
+        tokio::task::spawn_blocking(move || crate::auth::temporary_credentials(&pw, params))
+            .await
+            .map_err(|_| AppError::internal("derive task"))??;
     let id = Uuid::new_v4();
     let inserted = sqlx::query(
-        "INSERT INTO users (id, username, temp_password_hash) VALUES ($1, $2, $3)
+        "INSERT INTO users (id, username, temp_password_hash, kdf_salt, kdf_m_kib, kdf_t, kdf_p)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (username) DO NOTHING",
     )
     .bind(id)
     .bind(username)
     .bind(hash)
+    .bind(salt.to_vec())
+    .bind(params.m_kib as i32)
+    .bind(params.t as i32)
+    .bind(params.p as i32)
     .execute(db)
     .await?;
     if inserted.rows_affected() == 0 {

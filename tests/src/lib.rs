@@ -152,3 +152,211 @@ pub async fn wait_ready(url: &str, secs: u64) -> Result<String, String> {
     }
     Err(last)
 }
+
+/// The app served in-process on a free port, with its own database.
+pub struct TestApp {
+    pub base: String,
+    pub db: TestDb,
+    pub config: kiroku_app::config::AppConfig,
+    pub pool: sqlx::PgPool,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// The cheapest KDF parameters the contract allows, to keep tests quick.
+pub const TEST_KDF: [(&str, &str); 3] =
+    [("KIROKU_KDF_M_KIB", "19456"), ("KIROKU_KDF_T", "2"), ("KIROKU_KDF_P", "1")];
+
+impl TestApp {
+    /// Starts the app with the process's configuration plus `overrides`.
+    pub async fn start(overrides: &[(&str, &str)]) -> TestApp {
+        let db = TestDb::create(&env()).await;
+        TestApp::start_on(db, overrides).await
+    }
+
+    /// Starts the app on an existing database.
+    pub async fn start_on(db: TestDb, overrides: &[(&str, &str)]) -> TestApp {
+        let env = env();
+        let mut pairs: Vec<(String, String)> = kiroku_runtime::KNOWN
+            .iter()
+            .filter_map(|k| env.get(k).map(|v| ((*k).to_owned(), v.to_owned())))
+            .collect();
+        let port = free_port();
+        let mut set = |k: &str, v: String| {
+            pairs.retain(|(pk, _)| pk != k);
+            pairs.push((k.to_owned(), v));
+        };
+        set("KIROKU_APP_DATABASE_URL", db.app_url.clone());
+        set("KIROKU_APP_LISTEN", format!("127.0.0.1:{port}"));
+        set("KIROKU_PUBLIC_URL", format!("http://127.0.0.1:{port}"));
+        set("KIROKU_STORAGE", "s3".into());
+        set("KIROKU_REDIS_PREFIX", format!("kiroku-test-{}", unique()));
+        for (k, v) in TEST_KDF.iter().chain(overrides) {
+            set(k, (*v).to_owned());
+        }
+        let env = Env::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let config = kiroku_app::config::AppConfig::from_env(&env).expect("app config");
+        let state = kiroku_app::state(config.clone()).await.expect("app state");
+        let pool = state.db.clone();
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let router = kiroku_app::web::router(state);
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        TestApp { base: format!("http://127.0.0.1:{port}"), db, config, pool, server }
+    }
+
+    pub async fn stop(self) {
+        let db = self.stop_keep_db().await;
+        db.drop_db(&env()).await;
+    }
+
+    /// Stops the server but keeps its database for another start.
+    pub async fn stop_keep_db(self) -> TestDb {
+        self.server.abort();
+        self.pool.close().await;
+        self.db
+    }
+
+    /// Creates a user as the operator CLI does; returns the temporary password.
+    pub async fn add_user(&self, name: &str) -> String {
+        kiroku_app::users::add(&self.pool, name, self.config.kdf_default)
+            .await
+            .expect("user add")
+            .temporary_password
+    }
+
+    pub fn browser(&self) -> Browser {
+        Browser::new(&self.base)
+    }
+}
+
+/// A scripted browser doing what the island does, with the native build of
+/// the same crypto crate.
+pub struct Browser {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub jar: std::sync::Arc<reqwest::cookie::Jar>,
+    pub csrf: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct PreloginAnswer {
+    pub salt: String,
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+impl Browser {
+    pub fn new(base: &str) -> Browser {
+        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+        let http = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Browser { base: base.to_owned(), http, jar, csrf: String::new() }
+    }
+
+    /// Loads a page and picks up its CSRF token.
+    pub async fn page(&mut self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
+    }
+
+    pub async fn open_login(&mut self) -> String {
+        let html = self.page("/login").await.text().await.unwrap();
+        self.csrf = meta_csrf(&html).expect("login page has a CSRF token");
+        html
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("x-csrf-token", &self.csrf)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn prelogin(&self, username: &str) -> PreloginAnswer {
+        let resp = self.post_json("/api/auth/prelogin", &serde_json::json!({ "username": username })).await;
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// Derives `auth` (and `kek`) for `password` as the island does.
+    pub async fn derive(&self, username: &str, password: &str) -> kiroku_crypto::kdf::Derived {
+        let pre = self.prelogin(username).await;
+        let salt = kiroku_crypto::b64::decode(&pre.salt).unwrap();
+        let params = kiroku_crypto::kdf::KdfParams { m_kib: pre.m_kib, t: pre.t, p: pre.p };
+        kiroku_crypto::kdf::derive(password, &salt, params).unwrap()
+    }
+
+    /// Logs in; returns the status and the JSON answer.
+    pub async fn login(&mut self, username: &str, password: &str) -> (u16, serde_json::Value) {
+        let d = self.derive(username, password).await;
+        let body = serde_json::json!({
+            "username": username,
+            "auth": kiroku_crypto::b64::encode(d.auth.as_bytes()),
+        });
+        let resp = self.post_json("/api/auth/login", &body).await;
+        let status = resp.status().as_u16();
+        let json: serde_json::Value = resp.json().await.unwrap_or_default();
+        if let Some(c) = json["csrf"].as_str() {
+            self.csrf = c.to_owned();
+        }
+        (status, json)
+    }
+
+    /// Key setup with a fresh RSA key pair; returns the key pair.
+    pub async fn setup(
+        &mut self,
+        user_id: &str,
+        password: &str,
+        params: kiroku_crypto::kdf::KdfParams,
+    ) -> (u16, kiroku_crypto::userkey::KeyPair) {
+        let salt = kiroku_crypto::random_array::<16>().unwrap();
+        let d = kiroku_crypto::kdf::derive(password, &salt, params).unwrap();
+        let pair = kiroku_crypto::userkey::generate().unwrap();
+        let wrapped = kiroku_crypto::userkey::wrap(&d.kek, user_id, &pair.private_pkcs8).unwrap();
+        use kiroku_crypto::b64::encode;
+        let body = serde_json::json!({
+            "public_key": encode(&pair.public_spki),
+            "private_key_enc": encode(&wrapped),
+            "salt": encode(salt),
+            "m_kib": params.m_kib, "t": params.t, "p": params.p,
+            "auth": encode(d.auth.as_bytes()),
+        });
+        let resp = self.post_json("/api/auth/setup", &body).await;
+        let status = resp.status().as_u16();
+        let json: serde_json::Value = resp.json().await.unwrap_or_default();
+        if let Some(c) = json["csrf"].as_str() {
+            self.csrf = c.to_owned();
+        }
+        (status, pair)
+    }
+
+    /// The session cookie's current value.
+    pub fn session_cookie(&self) -> Option<String> {
+        use reqwest::cookie::CookieStore;
+        let header = self.jar.cookies(&self.base.parse().unwrap())?;
+        header
+            .to_str()
+            .ok()?
+            .split(';')
+            .find_map(|c| c.trim().strip_prefix("kiroku_session=").map(str::to_owned))
+    }
+}
+
+/// The CSRF token in a page's `<meta name="csrf-token">`.
+pub fn meta_csrf(html: &str) -> Option<String> {
+    let i = html.find("name=\"csrf-token\" content=\"")? + "name=\"csrf-token\" content=\"".len();
+    let j = html[i..].find('"')?;
+    Some(html[i..i + j].to_owned())
+}

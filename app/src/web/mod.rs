@@ -5,6 +5,7 @@ mod pages;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
@@ -13,6 +14,9 @@ use kiroku_storage::IngestWriter;
 use sqlx::PgPool;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, SessionManagerLayer};
+use tower_sessions_redis_store::RedisStore;
 
 use crate::config::AppConfig;
 
@@ -48,12 +52,22 @@ fn csp(config: &AppConfig) -> String {
 
 pub fn router(state: AppState) -> Router {
     let csp = HeaderValue::from_str(&csp(&state.config)).expect("CSP is ASCII");
+    let cfg = &state.config;
+    let sessions = SessionManagerLayer::new(RedisStore::new(state.sessions.clone()))
+        .with_name("kiroku_session")
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(cfg.secure_cookies())
+        .with_expiry(Expiry::OnInactivity(time::Duration::hours(cfg.session_hours)));
+    let api = crate::auth::routes().layer(DefaultBodyLimit::max(64 * 1024));
     let app = Router::new()
         .merge(pages::routes())
+        .merge(api)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .nest_service("/static", ServeDir::new(static_dir()))
         .with_state(state)
+        .layer(sessions)
         .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, csp))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,

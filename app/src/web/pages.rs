@@ -1,34 +1,181 @@
-//! Server-rendered pages.
+//! Server-rendered pages. The island enhances the forms marked with
+//! `data-island`; every page carries the session's CSRF token.
 
 use askama::Template;
 use axum::Router;
-use axum::http::HeaderMap;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tower_sessions::Session;
 
 use super::AppState;
 use crate::error::AppError;
 use crate::i18n::{Lang, Texts};
+use crate::session::{self, SessionUser};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/login") }))
+        .route("/", get(home))
         .route("/login", get(login))
+        .route("/setup", get(setup))
+        .route("/projects", get(projects))
+        .route("/account/password", get(password))
+        .route("/logout", post(logout))
+        .route("/lang/{code}", get(set_lang))
+}
+
+/// What every page template needs.
+pub struct Ctx {
+    pub lang: Lang,
+    pub t: &'static Texts,
+    pub csrf: String,
+    pub user: Option<SessionUser>,
+}
+
+async fn ctx(headers: &HeaderMap, session: &Session) -> Result<Ctx, AppError> {
+    let lang = Lang::from_headers(headers);
+    Ok(Ctx {
+        lang,
+        t: lang.t(),
+        csrf: session::csrf_token(session).await?,
+        user: session::user(session).await?,
+    })
 }
 
 pub(crate) fn render(t: impl Template) -> Result<Response, AppError> {
     let html = t.render().map_err(|e| AppError::Internal(format!("template: {e}")))?;
-    Ok(Html(html).into_response())
+    let mut resp = Html(html).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+async fn home(session: Session) -> Result<Redirect, AppError> {
+    Ok(match session::user(&session).await? {
+        Some(u) if u.setup_only => Redirect::to("/setup"),
+        Some(_) => Redirect::to("/projects"),
+        None => Redirect::to("/login"),
+    })
 }
 
 #[derive(Template)]
 #[template(path = "login.html")]
 struct LoginPage {
-    lang: Lang,
-    t: &'static Texts,
+    ctx: Ctx,
 }
 
-async fn login(headers: HeaderMap) -> Result<Response, AppError> {
-    let lang = Lang::from_headers(&headers);
-    render(LoginPage { lang, t: lang.t() })
+async fn login(headers: HeaderMap, session: Session) -> Result<Response, AppError> {
+    render(LoginPage { ctx: ctx(&headers, &session).await? })
+}
+
+#[derive(Template)]
+#[template(path = "setup.html")]
+struct SetupPage {
+    ctx: Ctx,
+    m_kib: u32,
+    t_cost: u32,
+    p: u32,
+}
+
+async fn setup(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    session: Session,
+) -> Result<Response, AppError> {
+    let ctx = ctx(&headers, &session).await?;
+    match &ctx.user {
+        Some(u) if u.setup_only => {}
+        Some(_) => return Ok(Redirect::to("/projects").into_response()),
+        None => return Ok(Redirect::to("/login").into_response()),
+    }
+    let k = s.config.kdf_default;
+    render(SetupPage { ctx, m_kib: k.m_kib, t_cost: k.t, p: k.p })
+}
+
+/// A project as the list shows it.
+pub struct ProjectRow {
+    pub title: String,
+    pub status: String,
+    pub created: String,
+}
+
+#[derive(Template)]
+#[template(path = "projects.html")]
+struct ProjectsPage {
+    ctx: Ctx,
+    projects: Vec<ProjectRow>,
+}
+
+/// Signed-in, fully set-up user, or where to send the browser instead.
+fn require_ready(ctx: &Ctx) -> Result<&SessionUser, Response> {
+    match &ctx.user {
+        Some(u) if u.setup_only => Err(Redirect::to("/setup").into_response()),
+        Some(u) => Ok(u),
+        None => Err(Redirect::to("/login").into_response()),
+    }
+}
+
+async fn projects(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    session: Session,
+) -> Result<Response, AppError> {
+    let ctx = ctx(&headers, &session).await?;
+    let user = match require_ready(&ctx) {
+        Ok(u) => u.clone(),
+        Err(redirect) => return Ok(redirect),
+    };
+    let rows: Vec<(String, String, time::OffsetDateTime)> = sqlx::query_as(
+        "SELECT title, status, created_at FROM projects WHERE user_id = $1
+          ORDER BY created_at DESC LIMIT 200",
+    )
+    .bind(user.id)
+    .fetch_all(&s.db)
+    .await?;
+    let projects = rows
+        .into_iter()
+        .map(|(title, status, created)| ProjectRow { title, status, created: created.date().to_string() })
+        .collect();
+    render(ProjectsPage { ctx, projects })
+}
+
+#[derive(Template)]
+#[template(path = "password.html")]
+struct PasswordPage {
+    ctx: Ctx,
+}
+
+async fn password(headers: HeaderMap, session: Session) -> Result<Response, AppError> {
+    let ctx = ctx(&headers, &session).await?;
+    if let Err(redirect) = require_ready(&ctx) {
+        return Ok(redirect);
+    }
+    render(PasswordPage { ctx })
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+/// Ends the session. The login page it leads to tells the island to wipe
+/// the key it kept for the session.
+async fn logout(session: Session, Form(form): Form<CsrfForm>) -> Result<Redirect, AppError> {
+    session::check_csrf(&session, Some(&form.csrf)).await?;
+    if let Some(u) = session::user(&session).await? {
+        tracing::info!(user_id = %u.id, "signed out");
+    }
+    session::sign_out(&session).await?;
+    Ok(Redirect::to("/login"))
+}
+
+async fn set_lang(Path(code): Path<String>) -> Response {
+    let lang = Lang::parse(&code).unwrap_or(Lang::Es);
+    let cookie = format!("lang={}; Path=/; Max-Age=31536000; SameSite=Lax", lang.code());
+    let mut resp = Redirect::to("/").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
 }
