@@ -73,6 +73,7 @@ async fn login(headers: HeaderMap, session: Session) -> Result<Response, AppErro
 #[template(path = "setup.html")]
 struct SetupPage {
     ctx: Ctx,
+    user_id: String,
     m_kib: u32,
     t_cost: u32,
     p: u32,
@@ -84,13 +85,13 @@ async fn setup(
     session: Session,
 ) -> Result<Response, AppError> {
     let ctx = ctx(&headers, &session).await?;
-    match &ctx.user {
-        Some(u) if u.setup_only => {}
+    let user_id = match &ctx.user {
+        Some(u) if u.setup_only => u.id.to_string(),
         Some(_) => return Ok(Redirect::to("/projects").into_response()),
         None => return Ok(Redirect::to("/login").into_response()),
-    }
+    };
     let k = s.config.kdf_default;
-    render(SetupPage { ctx, m_kib: k.m_kib, t_cost: k.t, p: k.p })
+    render(SetupPage { ctx, user_id, m_kib: k.m_kib, t_cost: k.t, p: k.p })
 }
 
 /// A project as the list shows it.
