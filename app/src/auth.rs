@@ -44,7 +44,12 @@ pub struct Prelogin {
 
 impl Prelogin {
     fn new(salt: &[u8], params: KdfParams) -> Prelogin {
-        Prelogin { salt: b64::encode(salt), m_kib: params.m_kib, t: params.t, p: params.p }
+        Prelogin {
+            salt: b64::encode(salt),
+            m_kib: params.m_kib,
+            t: params.t,
+            p: params.p,
+        }
     }
 }
 
@@ -80,16 +85,23 @@ pub async fn prelogin_for(
     .fetch_optional(db)
     .await?;
     Ok(match row {
-        Some((salt, m, t, p)) => {
-            Prelogin::new(&salt, KdfParams { m_kib: m as u32, t: t as u32, p: p as u32 })
-        }
+        Some((salt, m, t, p)) => Prelogin::new(
+            &salt,
+            KdfParams {
+                m_kib: m as u32,
+                t: t as u32,
+                p: p as u32,
+            },
+        ),
         None => Prelogin::new(&invented_salt(secret, username), default),
     })
 }
 
 fn check_username_shape(username: &str) -> Result<(), AppError> {
     if username.is_empty() || username.len() > 63 {
-        return Err(AppError::BadRequest("username must be 1–63 characters".into()));
+        return Err(AppError::BadRequest(
+            "username must be 1–63 characters".into(),
+        ));
     }
     Ok(())
 }
@@ -100,7 +112,9 @@ async fn prelogin(
 ) -> Result<Json<Prelogin>, AppError> {
     check_username_shape(&req.username)?;
     let cfg = &s.config;
-    Ok(Json(prelogin_for(&s.db, &cfg.prelogin_secret, cfg.kdf_default, &req.username).await?))
+    Ok(Json(
+        prelogin_for(&s.db, &cfg.prelogin_secret, cfg.kdf_default, &req.username).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -128,7 +142,11 @@ fn decode_auth(text: &str) -> Result<[u8; 32], AppError> {
 
 /// Counts an event in Redis for the window; returns the new count.
 async fn bump(s: &AppState, key: &str) -> Result<u32, AppError> {
-    let n: i64 = s.sessions.incr(key).await.map_err(|e| AppError::Internal(e.to_string()))?;
+    let n: i64 = s
+        .sessions
+        .incr(key)
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?;
     if n == 1 {
         let _: () = s
             .sessions
@@ -140,7 +158,11 @@ async fn bump(s: &AppState, key: &str) -> Result<u32, AppError> {
 }
 
 async fn count(s: &AppState, key: &str) -> Result<u32, AppError> {
-    let n: Option<i64> = s.sessions.get(key).await.map_err(|e| AppError::Internal(e.to_string()))?;
+    let n: Option<i64> = s
+        .sessions
+        .get(key)
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(n.unwrap_or(0).max(0) as u32)
 }
 
@@ -181,7 +203,8 @@ async fn login(
     let cfg = &s.config;
 
     // Per address: every attempt counts. Per account: failures count.
-    if bump(&s, &format!("{}:ratelimit:ip:{ip}", cfg.redis_prefix)).await? > cfg.login_limit_per_address
+    if bump(&s, &format!("{}:ratelimit:ip:{ip}", cfg.redis_prefix)).await?
+        > cfg.login_limit_per_address
         || count(&s, &account_key(&s, &req.username)).await? >= cfg.login_limit_per_account
     {
         tracing::warn!(client = %ip, "login rate limit reached");
@@ -221,11 +244,19 @@ async fn login(
 
     let csrf = session::sign_in(
         &session,
-        SessionUser { id: row.id, username: req.username.clone(), setup_only },
+        SessionUser {
+            id: row.id,
+            username: req.username.clone(),
+            setup_only,
+        },
     )
     .await?;
     let stored = match (row.kdf_m_kib, row.kdf_t, row.kdf_p) {
-        (Some(m), Some(t), Some(p)) => Some(KdfParams { m_kib: m as u32, t: t as u32, p: p as u32 }),
+        (Some(m), Some(t), Some(p)) => Some(KdfParams {
+            m_kib: m as u32,
+            t: t as u32,
+            p: p as u32,
+        }),
         _ => None,
     };
     let upgrade = match stored {
@@ -237,7 +268,11 @@ async fn login(
         state: if setup_only { "setup" } else { "ready" },
         user_id: row.id,
         csrf,
-        private_key_enc: if setup_only { None } else { row.private_key_enc.map(b64::encode) },
+        private_key_enc: if setup_only {
+            None
+        } else {
+            row.private_key_enc.map(b64::encode)
+        },
         upgrade,
     }))
 }
@@ -266,7 +301,11 @@ impl KeyMaterial {
         let auth = decode_auth(&self.auth)?;
         let salt = b64::decode_array::<16>(&self.salt)
             .map_err(|_| AppError::BadRequest("salt must be 16 bytes".into()))?;
-        let params = KdfParams { m_kib: self.m_kib, t: self.t, p: self.p };
+        let params = KdfParams {
+            m_kib: self.m_kib,
+            t: self.t,
+            p: self.p,
+        };
         params
             .check()
             .map_err(|e| AppError::BadRequest(format!("KDF parameters refused: {e}")))?;
@@ -274,12 +313,19 @@ impl KeyMaterial {
             .map_err(|_| AppError::BadRequest("private_key_enc must be base64url".into()))?;
         // nonce(12) + PKCS#8 of RSA-2048 (about 1.2 KB) + tag(16)
         if !(600..=4096).contains(&private_key_enc.len()) {
-            return Err(AppError::BadRequest("private_key_enc has an impossible length".into()));
+            return Err(AppError::BadRequest(
+                "private_key_enc has an impossible length".into(),
+            ));
         }
         let auth_hash = tokio::task::spawn_blocking(move || users::slow_hash(&auth))
             .await
             .map_err(|_| AppError::internal("hash task"))??;
-        Ok(CheckedKeys { auth_hash, salt: salt.to_vec(), params, private_key_enc })
+        Ok(CheckedKeys {
+            auth_hash,
+            salt: salt.to_vec(),
+            params,
+            private_key_enc,
+        })
     }
 }
 
@@ -302,9 +348,13 @@ async fn setup(
     session: Session,
     ApiJson(req): ApiJson<SetupRequest>,
 ) -> Result<Json<SetupResponse>, AppError> {
-    let user = session::user(&session).await?.ok_or(AppError::Unauthorized)?;
+    let user = session::user(&session)
+        .await?
+        .ok_or(AppError::Unauthorized)?;
     if !user.setup_only {
-        return Err(AppError::Conflict("this account's keys are already set up".into()));
+        return Err(AppError::Conflict(
+            "this account's keys are already set up".into(),
+        ));
     }
     let public_key = b64::decode(&req.public_key)
         .map_err(|_| AppError::BadRequest("public_key must be base64url".into()))?;
@@ -328,7 +378,9 @@ async fn setup(
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() != 1 {
-        return Err(AppError::Conflict("this account's keys are already set up".into()));
+        return Err(AppError::Conflict(
+            "this account's keys are already set up".into(),
+        ));
     }
     sqlx::query("INSERT INTO user_public_keys (user_id, public_key) VALUES ($1, $2)")
         .bind(user.id)
@@ -337,10 +389,19 @@ async fn setup(
         .await?;
     tx.commit().await?;
 
-    let csrf =
-        session::sign_in(&session, SessionUser { setup_only: false, ..user.clone() }).await?;
+    let csrf = session::sign_in(
+        &session,
+        SessionUser {
+            setup_only: false,
+            ..user.clone()
+        },
+    )
+    .await?;
     tracing::info!(user_id = %user.id, "key setup complete");
-    Ok(Json(SetupResponse { state: "ready", csrf }))
+    Ok(Json(SetupResponse {
+        state: "ready",
+        csrf,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -359,7 +420,9 @@ async fn change_password(
     session: Session,
     ApiJson(req): ApiJson<PasswordRequest>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let user = session::user(&session).await?.ok_or(AppError::Unauthorized)?;
+    let user = session::user(&session)
+        .await?
+        .ok_or(AppError::Unauthorized)?;
     if user.setup_only {
         return Err(AppError::Forbidden);
     }
@@ -382,7 +445,9 @@ async fn change_password(
     if !verified {
         bump(&s, &account_key(&s, &user.username)).await?;
         tracing::info!(user_id = %user.id, client = %ip, "password change refused");
-        return Err(AppError::BadRequest("the current password is not correct".into()));
+        return Err(AppError::BadRequest(
+            "the current password is not correct".into(),
+        ));
     }
     sqlx::query(
         "UPDATE users SET auth_hash = $2, kdf_salt = $3, kdf_m_kib = $4, kdf_t = $5, kdf_p = $6,
@@ -418,7 +483,9 @@ async fn account_keys(
     State(s): State<AppState>,
     session: Session,
 ) -> Result<Json<AccountKeys>, AppError> {
-    let user = session::user(&session).await?.ok_or(AppError::Unauthorized)?;
+    let user = session::user(&session)
+        .await?
+        .ok_or(AppError::Unauthorized)?;
     if user.setup_only {
         return Err(AppError::Forbidden);
     }
@@ -428,7 +495,11 @@ async fn account_keys(
     .bind(user.id)
     .fetch_one(&s.db)
     .await?;
-    let params = KdfParams { m_kib: row.1 as u32, t: row.2 as u32, p: row.3 as u32 };
+    let params = KdfParams {
+        m_kib: row.1 as u32,
+        t: row.2 as u32,
+        p: row.3 as u32,
+    };
     Ok(Json(AccountKeys {
         user_id: user.id,
         username: user.username,
@@ -445,7 +516,8 @@ pub fn temporary_credentials(
     params: KdfParams,
 ) -> Result<([u8; 16], String), AppError> {
     let salt = kiroku_crypto::random_array::<16>().map_err(|_| AppError::internal("rng"))?;
-    let derived = kdf::derive(password, &salt, params).map_err(|e| AppError::Internal(e.to_string()))?;
+    let derived =
+        kdf::derive(password, &salt, params).map_err(|e| AppError::Internal(e.to_string()))?;
     Ok((salt, users::slow_hash(derived.auth.as_bytes())?))
 }
 

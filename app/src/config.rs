@@ -39,7 +39,10 @@ pub struct ExportSigning {
 
 impl AppConfig {
     pub fn from_env(env: &Env) -> Result<AppConfig, ConfigError> {
-        let listen = env.parse_or("KIROKU_APP_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+        let listen = env.parse_or(
+            "KIROKU_APP_LISTEN",
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+        )?;
         let public_url = env.or("KIROKU_PUBLIC_URL", &format!("http://{listen}"));
         check_url("KIROKU_PUBLIC_URL", &public_url)?;
         let export_public_url = env.or("KIROKU_EXPORT_PUBLIC_URL", "http://127.0.0.1:8081");
@@ -50,7 +53,10 @@ impl AppConfig {
                 .ok()
                 .filter(|b| b.len() >= 32)
                 .ok_or_else(|| {
-                    ConfigError::invalid("KIROKU_PRELOGIN_SECRET", "must be ≥ 32 bytes of base64url")
+                    ConfigError::invalid(
+                        "KIROKU_PRELOGIN_SECRET",
+                        "must be ≥ 32 bytes of base64url",
+                    )
                 })?,
             None => return Err(ConfigError::Missing("KIROKU_PRELOGIN_SECRET".into())),
         };
@@ -70,7 +76,10 @@ impl AppConfig {
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|s| s.parse().map_err(|e| ConfigError::invalid("KIROKU_TRUSTED_PROXIES", e)))
+                .map(|s| {
+                    s.parse()
+                        .map_err(|e| ConfigError::invalid("KIROKU_TRUSTED_PROXIES", e))
+                })
                 .collect::<Result<_, _>>()?,
         };
 
@@ -121,7 +130,10 @@ fn check_url(name: &str, url: &str) -> Result<(), ConfigError> {
     if url.starts_with("http://") || url.starts_with("https://") {
         Ok(())
     } else {
-        Err(ConfigError::invalid(name, "must start with http:// or https://"))
+        Err(ConfigError::invalid(
+            name,
+            "must start with http:// or https://",
+        ))
     }
 }
 
@@ -145,9 +157,16 @@ fn export_signing(env: &Env) -> Result<Option<ExportSigning>, ConfigError> {
     }
     let token_ttl: i64 = env.parse_or("KIROKU_EXPORT_TOKEN_TTL", 120)?;
     if !(10..=3600).contains(&token_ttl) {
-        return Err(ConfigError::invalid("KIROKU_EXPORT_TOKEN_TTL", "must be 10–3600 seconds"));
+        return Err(ConfigError::invalid(
+            "KIROKU_EXPORT_TOKEN_TTL",
+            "must be 10–3600 seconds",
+        ));
     }
-    Ok(Some(ExportSigning { ring, kid, token_ttl }))
+    Ok(Some(ExportSigning {
+        ring,
+        kid,
+        token_ttl,
+    }))
 }
 
 #[cfg(test)]
@@ -177,7 +196,10 @@ mod tests {
     fn signing_kid_must_be_in_the_ring() {
         let env = Env::from_pairs([
             ("KIROKU_PRELOGIN_SECRET", SECRET),
-            ("KIROKU_EXPORT_KEYS", "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            (
+                "KIROKU_EXPORT_KEYS",
+                "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            ),
             ("KIROKU_EXPORT_SIGNING_KID", "k2"),
         ]);
         let err = AppConfig::from_env(&env).unwrap_err().to_string();

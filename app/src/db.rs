@@ -16,7 +16,10 @@ pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
 
 /// Applies pending migrations as the schema owner.
 pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
-    let pool = PgPoolOptions::new().max_connections(1).connect(owner_url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(owner_url)
+        .await?;
     MIGRATOR.run(&pool).await?;
     pool.close().await;
     Ok(())

@@ -29,7 +29,11 @@ pub struct Report {
 
 impl Report {
     fn push(&mut self, level: Level, check: &str, message: impl Into<String>) {
-        self.findings.push(Finding { level, check: check.into(), message: message.into() });
+        self.findings.push(Finding {
+            level,
+            check: check.into(),
+            message: message.into(),
+        });
     }
 
     pub fn has_errors(&self) -> bool {
@@ -91,7 +95,10 @@ async fn check_worker_db(url: &str, r: &mut Report) {
         Err(e) => return r.push(Level::Error, name, format!("cannot connect: {e}")),
     };
     let forbidden = [
-        ("SELECT has_table_privilege('users', 'INSERT')", "the worker's role can create users"),
+        (
+            "SELECT has_table_privilege('users', 'INSERT')",
+            "the worker's role can create users",
+        ),
         (
             "SELECT has_column_privilege('users', 'auth_hash', 'SELECT')",
             "the worker's role can read login secrets",
@@ -115,7 +122,11 @@ async fn check_forbidden(db: &PgPool, name: &str, forbidden: &[(&str, &str)], r:
             }
             Err(e) => {
                 clean = false;
-                r.push(Level::Error, name, format!("cannot check privileges (migrated?): {e}"));
+                r.push(
+                    Level::Error,
+                    name,
+                    format!("cannot check privileges (migrated?): {e}"),
+                );
             }
         }
     }
@@ -156,7 +167,11 @@ async fn check_storage(cfg: &AppConfig, r: &mut Report) {
         return;
     }
     if cfg.storage.credentials(Role::App).is_none() {
-        r.push(Level::Error, "storage", "KIROKU_APP_S3_ACCESS_KEY_ID is not set");
+        r.push(
+            Level::Error,
+            "storage",
+            "KIROKU_APP_S3_ACCESS_KEY_ID is not set",
+        );
     }
     for role in cfg.storage.roles() {
         let name = format!("{role} S3 key");
@@ -182,7 +197,8 @@ const PROBE: &str = "_doctor/probe";
 /// Returns the problems found; empty means the credential is as designed.
 async fn probe(store: &Store, role: Role) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut expect = |what: &str, allowed: bool, got: Result<(), StorageError>| match (allowed, got) {
+    let mut expect = |what: &str, allowed: bool, got: Result<(), StorageError>| match (allowed, got)
+    {
         (true, Ok(())) | (false, Err(StorageError::AccessDenied)) => {}
         (true, Err(StorageError::NotFound)) if what.starts_with("get") => {}
         (true, Err(e)) => problems.push(format!("cannot {what}: {e}")),
@@ -196,24 +212,60 @@ async fn probe(store: &Store, role: Role) -> Vec<String> {
     let list = |prefix: &'static str| async move { store.list(prefix).await.map(drop) };
     match role {
         Role::App => {
-            expect("put under ingest/", true, put(format!("ingest/{PROBE}")).await);
-            expect("read under ingest/", false, get(format!("ingest/{PROBE}")).await);
+            expect(
+                "put under ingest/",
+                true,
+                put(format!("ingest/{PROBE}")).await,
+            );
+            expect(
+                "read under ingest/",
+                false,
+                get(format!("ingest/{PROBE}")).await,
+            );
             expect("list ingest/", false, list("ingest/").await);
-            expect("read under final/v1/", false, get(format!("final/v1/{PROBE}")).await);
-            expect("write under work/", false, put(format!("work/{PROBE}")).await);
+            expect(
+                "read under final/v1/",
+                false,
+                get(format!("final/v1/{PROBE}")).await,
+            );
+            expect(
+                "write under work/",
+                false,
+                put(format!("work/{PROBE}")).await,
+            );
         }
         Role::Export => {
-            expect("get under final/v1/", true, get(format!("final/v1/{PROBE}")).await);
-            expect("write under final/v1/", false, put(format!("final/v1/{PROBE}")).await);
+            expect(
+                "get under final/v1/",
+                true,
+                get(format!("final/v1/{PROBE}")).await,
+            );
+            expect(
+                "write under final/v1/",
+                false,
+                put(format!("final/v1/{PROBE}")).await,
+            );
             expect("list final/v1/", false, list("final/v1/").await);
-            expect("read under ingest/", false, get(format!("ingest/{PROBE}")).await);
-            expect("read under work/", false, get(format!("work/{PROBE}")).await);
+            expect(
+                "read under ingest/",
+                false,
+                get(format!("ingest/{PROBE}")).await,
+            );
+            expect(
+                "read under work/",
+                false,
+                get(format!("work/{PROBE}")).await,
+            );
         }
         Role::Worker => {
             expect("put under work/", true, put(format!("work/{PROBE}")).await);
             expect("get under work/", true, get(format!("work/{PROBE}")).await);
             expect("list work/", true, list("work/").await);
-            expect("delete under work/", true, store.delete(&format!("work/{PROBE}")).await);
+            expect(
+                "delete under work/",
+                true,
+                store.delete(&format!("work/{PROBE}")).await,
+            );
         }
     }
     problems

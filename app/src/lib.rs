@@ -8,8 +8,8 @@ pub mod config;
 pub mod db;
 pub mod doctor;
 pub mod error;
-pub mod session;
 pub mod i18n;
+pub mod session;
 pub mod users;
 pub mod web;
 
@@ -36,11 +36,23 @@ pub async fn redis_pool(url: &str) -> anyhow::Result<fred::clients::Pool> {
 /// Connects everything the server needs.
 pub async fn state(config: AppConfig) -> anyhow::Result<web::AppState> {
     config.storage.require(Role::App)?;
-    let db = db::connect(&config.database_url).await.context("cannot connect to PostgreSQL")?;
-    let sessions = redis_pool(&config.session_redis_url).await.context("session Redis")?;
-    let queue = redis_pool(&config.queue_redis_url).await.context("queue Redis")?;
+    let db = db::connect(&config.database_url)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    let sessions = redis_pool(&config.session_redis_url)
+        .await
+        .context("session Redis")?;
+    let queue = redis_pool(&config.queue_redis_url)
+        .await
+        .context("queue Redis")?;
     let ingest = IngestWriter::new(Store::open(&config.storage, Role::App)?);
-    Ok(web::AppState { config: Arc::new(config), db, ingest, sessions, queue })
+    Ok(web::AppState {
+        config: Arc::new(config),
+        db,
+        ingest,
+        sessions,
+        queue,
+    })
 }
 
 /// Runs the web server until SIGINT/SIGTERM.

@@ -10,7 +10,11 @@ use kiroku_app::{db, doctor, users};
 use kiroku_runtime::Env;
 
 #[derive(Parser)]
-#[command(name = "kiroku", version, about = "Kiroku: rehearsal to script, zero knowledge")]
+#[command(
+    name = "kiroku",
+    version,
+    about = "Kiroku: rehearsal to script, zero knowledge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -66,13 +70,21 @@ async fn run(cli: Cli, env: Env) -> anyhow::Result<ExitCode> {
         }
         Command::User { command } => {
             let config = AppConfig::from_env(&env)?;
-            let pool = db::connect(&config.database_url).await.context("PostgreSQL")?;
+            let pool = db::connect(&config.database_url)
+                .await
+                .context("PostgreSQL")?;
             match command {
                 UserCommand::Add { name } => {
                     let user = users::add(&pool, &name, config.kdf_default).await?;
                     println!("created user {} ({})", user.username, user.id);
-                    println!("temporary password (shown once): {}", user.temporary_password);
-                    println!("sign in at {}/login to choose a real password", config.public_url);
+                    println!(
+                        "temporary password (shown once): {}",
+                        user.temporary_password
+                    );
+                    println!(
+                        "sign in at {}/login to choose a real password",
+                        config.public_url
+                    );
                 }
                 UserCommand::List => {
                     for u in users::list(&pool).await? {
@@ -81,11 +93,19 @@ async fn run(cli: Cli, env: Env) -> anyhow::Result<ExitCode> {
                             (false, true) => "active",
                             (false, false) => "awaiting first sign-in",
                         };
-                        println!("{}\t{}\t{}\t{}", u.username, u.id, state, u.created_at.date());
+                        println!(
+                            "{}\t{}\t{}\t{}",
+                            u.username,
+                            u.id,
+                            state,
+                            u.created_at.date()
+                        );
                     }
                 }
                 UserCommand::Disable { name } => {
-                    users::disable(&pool, &name).await.with_context(|| format!("user {name}"))?;
+                    users::disable(&pool, &name)
+                        .await
+                        .with_context(|| format!("user {name}"))?;
                     println!("user {name} disabled");
                 }
             }

@@ -86,7 +86,11 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
         .flat_map(|v| v.split(','))
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    forwarded.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer)
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer)
 }
 
 /// Extracts the client address per [`client_ip`].
@@ -106,7 +110,11 @@ where
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        Ok(ClientIp(client_ip(peer, &parts.headers, &app.config.trusted_proxies)))
+        Ok(ClientIp(client_ip(
+            peer,
+            &parts.headers,
+            &app.config.trusted_proxies,
+        )))
     }
 }
 
@@ -126,7 +134,10 @@ where
         let session = Session::from_request_parts(&mut parts, state)
             .await
             .map_err(|_| AppError::internal("session layer missing"))?;
-        let presented = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+        let presented = parts
+            .headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok());
         check_csrf(&session, presented).await?;
         let req = Request::from_parts(parts, body);
         let axum::Json(value) = axum::Json::<T>::from_request(req, state)
@@ -151,12 +162,21 @@ mod tests {
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.9"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.9"),
+        );
         let direct: IpAddr = "198.51.100.7".parse().unwrap();
         assert_eq!(client_ip(direct, &h, &[proxy]), direct);
-        assert_eq!(client_ip(proxy, &h, &[proxy]), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &[proxy]),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
         // A spoofed left-most entry never wins over the proxy's own append.
-        h.insert("x-forwarded-for", HeaderValue::from_static("garbage, 10.0.0.1"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("garbage, 10.0.0.1"),
+        );
         assert_eq!(client_ip(proxy, &h, &[proxy]), proxy);
     }
 }

@@ -13,7 +13,8 @@ pub fn valid_username(name: &str) -> bool {
     let b = name.as_bytes();
     (1..=63).contains(&b.len())
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
 }
 
 /// A temporary password: 20 characters from an alphabet without look-alikes
@@ -80,10 +81,16 @@ pub async fn add(db: &PgPool, username: &str, params: KdfParams) -> Result<NewUs
     .execute(db)
     .await?;
     if inserted.rows_affected() == 0 {
-        return Err(AppError::Conflict(format!("user {username} already exists")));
+        return Err(AppError::Conflict(format!(
+            "user {username} already exists"
+        )));
     }
     tracing::info!(user_id = %id, "user created");
-    Ok(NewUser { id, username: username.to_owned(), temporary_password: password })
+    Ok(NewUser {
+        id,
+        username: username.to_owned(),
+        temporary_password: password,
+    })
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -106,10 +113,11 @@ pub async fn list(db: &PgPool) -> Result<Vec<UserRow>, AppError> {
 }
 
 pub async fn disable(db: &PgPool, username: &str) -> Result<(), AppError> {
-    let done = sqlx::query("UPDATE users SET disabled = true, updated_at = now() WHERE username = $1")
-        .bind(username)
-        .execute(db)
-        .await?;
+    let done =
+        sqlx::query("UPDATE users SET disabled = true, updated_at = now() WHERE username = $1")
+            .bind(username)
+            .execute(db)
+            .await?;
     if done.rows_affected() == 0 {
         return Err(AppError::NotFound);
     }
@@ -124,7 +132,15 @@ mod tests {
     #[test]
     fn usernames_are_plain() {
         assert!(valid_username("ana.maria-2"));
-        for bad in ["", "Ana", "-ana", "ana maria", "ana/..", &"a".repeat(64), "añа"] {
+        for bad in [
+            "",
+            "Ana",
+            "-ana",
+            "ana maria",
+            "ana/..",
+            &"a".repeat(64),
+            "añа",
+        ] {
             assert!(!valid_username(bad), "{bad}");
         }
     }

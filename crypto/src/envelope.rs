@@ -25,8 +25,14 @@ pub const OVERHEAD: usize = MAGIC.len() + NONCE_LEN + TAG_LEN;
 pub fn check_kind(kind: &str) -> Result<(), CryptoError> {
     let ok = !kind.is_empty()
         && kind.len() <= 16
-        && kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if ok { Ok(()) } else { Err(CryptoError::Malformed("artifact kind")) }
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(CryptoError::Malformed("artifact kind"))
+    }
 }
 
 pub fn aad(artifact_id: &str, kind: &str) -> Vec<u8> {
@@ -68,7 +74,13 @@ pub fn seal_with(
     let cipher = Aes256Gcm::new(dek.as_bytes().into());
     let aad = aad(artifact_id, kind);
     let ct = cipher
-        .encrypt(&Nonce::from(*nonce), Payload { msg: plaintext, aad: &aad })
+        .encrypt(
+            &Nonce::from(*nonce),
+            Payload {
+                msg: plaintext,
+                aad: &aad,
+            },
+        )
         .map_err(|_| CryptoError::Malformed("plaintext too long"))?;
     let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
     out.extend_from_slice(MAGIC);
@@ -84,7 +96,10 @@ pub fn unwrap_dek(private_key: &PrivateKey, dek_enc: &[u8]) -> Result<Key32, Cry
             .oaep_decrypt::<Sha256>(dek_enc)
             .map_err(|_| CryptoError::Verification)?,
     );
-    let bytes: [u8; 32] = dek.as_slice().try_into().map_err(|_| CryptoError::Verification)?;
+    let bytes: [u8; 32] = dek
+        .as_slice()
+        .try_into()
+        .map_err(|_| CryptoError::Verification)?;
     Ok(Key32(bytes))
 }
 
@@ -107,7 +122,10 @@ pub fn open_with(
     cipher
         .decrypt(
             &Nonce::from(nonce),
-            Payload { msg: &object[MAGIC.len() + NONCE_LEN..], aad: &aad },
+            Payload {
+                msg: &object[MAGIC.len() + NONCE_LEN..],
+                aad: &aad,
+            },
         )
         .map(Zeroizing::new)
         .map_err(|_| CryptoError::Verification)

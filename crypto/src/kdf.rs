@@ -23,12 +23,24 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// The default for new users; operators may raise it.
-    pub const DEFAULT: KdfParams = KdfParams { m_kib: 65536, t: 3, p: 4 };
+    pub const DEFAULT: KdfParams = KdfParams {
+        m_kib: 65536,
+        t: 3,
+        p: 4,
+    };
     /// Below this neither side derives or stores anything (downgrade guard).
-    pub const FLOOR: KdfParams = KdfParams { m_kib: 19456, t: 2, p: 1 };
+    pub const FLOOR: KdfParams = KdfParams {
+        m_kib: 19456,
+        t: 2,
+        p: 1,
+    };
     /// Above this a browser tab would run out of memory or patience; a
     /// server offering more is as suspect as one offering less.
-    pub const CEILING: KdfParams = KdfParams { m_kib: 4 * 1024 * 1024, t: 64, p: 64 };
+    pub const CEILING: KdfParams = KdfParams {
+        m_kib: 4 * 1024 * 1024,
+        t: 64,
+        p: 64,
+    };
 
     /// Accepts parameters at or above the floor (every field) and within the
     /// ceiling.
@@ -117,13 +129,29 @@ mod tests {
         assert!(KdfParams::FLOOR.check().is_ok());
         assert!(KdfParams::DEFAULT.check().is_ok());
         for weak in [
-            KdfParams { m_kib: 19455, t: 2, p: 1 },
-            KdfParams { m_kib: 65536, t: 1, p: 4 },
-            KdfParams { m_kib: 65536, t: 3, p: 0 },
+            KdfParams {
+                m_kib: 19455,
+                t: 2,
+                p: 1,
+            },
+            KdfParams {
+                m_kib: 65536,
+                t: 1,
+                p: 4,
+            },
+            KdfParams {
+                m_kib: 65536,
+                t: 3,
+                p: 0,
+            },
         ] {
             assert_eq!(weak.check(), Err(CryptoError::ParamsBelowFloor));
         }
-        let huge = KdfParams { m_kib: u32::MAX, t: 3, p: 4 };
+        let huge = KdfParams {
+            m_kib: u32::MAX,
+            t: 3,
+            p: 4,
+        };
         assert_eq!(huge.check(), Err(CryptoError::ParamsOutOfRange));
     }
 

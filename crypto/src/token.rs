@@ -74,7 +74,9 @@ pub struct Claims {
 /// Key ids are 1–32 characters of `A-Z a-z 0-9 _ -`.
 pub fn valid_kid(kid: &str) -> bool {
     (1..=32).contains(&kid.len())
-        && kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// True for a plain object key below `final/v1/`: no empty, `.` or `..`
@@ -89,7 +91,9 @@ pub fn is_final_path(path: &str) -> bool {
             !seg.is_empty()
                 && seg != "."
                 && seg != ".."
-                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         })
 }
 
@@ -101,7 +105,9 @@ pub struct KeyRing {
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing").field("kids", &self.kids()).finish()
+        f.debug_struct("KeyRing")
+            .field("kids", &self.kids())
+            .finish()
     }
 }
 
@@ -148,8 +154,11 @@ impl KeyRing {
 
     /// Renders the ring in the form [`KeyRing::parse`] reads.
     pub fn to_spec(&self) -> Zeroizing<String> {
-        let parts: Vec<String> =
-            self.keys.iter().map(|(k, s)| format!("{k}:{}", b64::encode(s.as_slice()))).collect();
+        let parts: Vec<String> = self
+            .keys
+            .iter()
+            .map(|(k, s)| format!("{k}:{}", b64::encode(s.as_slice())))
+            .collect();
         Zeroizing::new(parts.join(","))
     }
 
@@ -196,7 +205,10 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { max_ttl: 300, skew: 30 }
+        Policy {
+            max_ttl: 300,
+            skew: 30,
+        }
     }
 }
 
@@ -294,9 +306,18 @@ mod tests {
         let t = r.sign("k1", &claims("final/v1/u/p/a")).unwrap();
         let p = Policy::default();
         assert!(verify(&r, p, &t, "final/v1/u/p/a", 1050).is_ok());
-        assert_eq!(verify(&r, p, &t, "final/v1/u/p/b", 1050), Err(TokenError::PathMismatch));
-        assert_eq!(verify(&r, p, &t, "final/v1/u/p/a", 1131), Err(TokenError::Expired));
-        assert_eq!(verify(&r, p, &t, "final/v1/u/p/a", 900), Err(TokenError::NotYetValid));
+        assert_eq!(
+            verify(&r, p, &t, "final/v1/u/p/b", 1050),
+            Err(TokenError::PathMismatch)
+        );
+        assert_eq!(
+            verify(&r, p, &t, "final/v1/u/p/a", 1131),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify(&r, p, &t, "final/v1/u/p/a", 900),
+            Err(TokenError::NotYetValid)
+        );
     }
 
     #[test]
@@ -311,36 +332,64 @@ mod tests {
 
     #[test]
     fn signing_outside_the_final_area_is_refused() {
-        assert_eq!(ring().sign("k1", &claims("work/x")), Err(TokenError::OutsideArea));
+        assert_eq!(
+            ring().sign("k1", &claims("work/x")),
+            Err(TokenError::OutsideArea)
+        );
     }
 
     #[test]
     fn ring_spec_round_trips_and_validates() {
-        let r = KeyRing::parse(&format!("a-1:{},b_2:{}", b64::encode([3u8; 32]), b64::encode([4u8; 40])))
-            .unwrap();
+        let r = KeyRing::parse(&format!(
+            "a-1:{},b_2:{}",
+            b64::encode([3u8; 32]),
+            b64::encode([4u8; 40])
+        ))
+        .unwrap();
         assert_eq!(r.kids(), vec!["a-1", "b_2"]);
         assert_eq!(KeyRing::parse(&r.to_spec()).unwrap().kids(), r.kids());
-        assert!(matches!(KeyRing::parse("k:AAAA"), Err(KeyRingError::BadSecret(_))));
+        assert!(matches!(
+            KeyRing::parse("k:AAAA"),
+            Err(KeyRingError::BadSecret(_))
+        ));
         assert!(matches!(
             KeyRing::parse(&format!("bad kid:{}", b64::encode([0u8; 32]))),
             Err(KeyRingError::BadKid(_))
         ));
         assert!(matches!(KeyRing::parse(""), Err(KeyRingError::Syntax)));
         let dup = format!("k:{0},k:{0}", b64::encode([0u8; 32]));
-        assert!(matches!(KeyRing::parse(&dup), Err(KeyRingError::Duplicate(_))));
+        assert!(matches!(
+            KeyRing::parse(&dup),
+            Err(KeyRingError::Duplicate(_))
+        ));
     }
 
     #[test]
     fn garbage_tokens_are_malformed_not_panics() {
         let r = ring();
-        for t in ["", ".", "v1", "v1.k1", "v1.k1.x", "v1.k1..", "v1.k1.e30.!!", "v1.k 1.e30.AA"] {
-            assert!(verify(&r, Policy::default(), t, "final/v1/x", 0).is_err(), "{t}");
+        for t in [
+            "",
+            ".",
+            "v1",
+            "v1.k1",
+            "v1.k1.x",
+            "v1.k1..",
+            "v1.k1.e30.!!",
+            "v1.k 1.e30.AA",
+        ] {
+            assert!(
+                verify(&r, Policy::default(), t, "final/v1/x", 0).is_err(),
+                "{t}"
+            );
         }
         assert_eq!(
             verify(&r, Policy::default(), "v2.k1.e30.AA", "final/v1/x", 0),
             Err(TokenError::Version)
         );
         let long = "v1.k1.".to_string() + &"A".repeat(MAX_TOKEN_LEN);
-        assert_eq!(verify(&r, Policy::default(), &long, "x", 0), Err(TokenError::Malformed));
+        assert_eq!(
+            verify(&r, Policy::default(), &long, "x", 0),
+            Err(TokenError::Malformed)
+        );
     }
 }

@@ -41,7 +41,10 @@ pub fn generate() -> Result<KeyPair, CryptoError> {
             .as_bytes()
             .to_vec(),
     );
-    Ok(KeyPair { public_spki, private_pkcs8 })
+    Ok(KeyPair {
+        public_spki,
+        private_pkcs8,
+    })
 }
 
 /// Checks that `spki` is an RSA-2048 public key with exponent 65537, the
@@ -81,7 +84,13 @@ pub fn wrap_with_nonce(
     let cipher = Aes256Gcm::new(kek.as_bytes().into());
     let aad = wrap_aad(user_id);
     let ct = cipher
-        .encrypt(&Nonce::from(*nonce), Payload { msg: pkcs8, aad: &aad })
+        .encrypt(
+            &Nonce::from(*nonce),
+            Payload {
+                msg: pkcs8,
+                aad: &aad,
+            },
+        )
         .map_err(|_| CryptoError::Key("wrap"))?;
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(nonce);
@@ -91,7 +100,11 @@ pub fn wrap_with_nonce(
 
 /// Opens a wrapped private key; any tampering, a wrong password or a
 /// wrong user gives [`CryptoError::Verification`].
-pub fn unwrap(kek: &Key32, user_id: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+pub fn unwrap(
+    kek: &Key32,
+    user_id: &str,
+    wrapped: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     if wrapped.len() < NONCE_LEN + 16 {
         return Err(CryptoError::Verification);
     }

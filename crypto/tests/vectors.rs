@@ -29,7 +29,11 @@ fn key(v: &Value) -> Key32 {
 
 fn params(v: &Value) -> KdfParams {
     let n = |k: &str| v[k].as_u64().expect("number") as u32;
-    KdfParams { m_kib: n("m_kib"), t: n("t"), p: n("p") }
+    KdfParams {
+        m_kib: n("m_kib"),
+        t: n("t"),
+        p: n("p"),
+    }
 }
 
 fn must_fail(what: &str) -> Value {
@@ -52,7 +56,11 @@ fn kdf_vectors_match() {
     for case in vectors()["kdf"].as_array().unwrap() {
         let password = case["password"].as_str().unwrap();
         let derived = kdf::derive(password, &bytes(&case["salt"]), params(case)).unwrap();
-        assert_eq!(derived.master, key(&case["master"]), "master for {password}");
+        assert_eq!(
+            derived.master,
+            key(&case["master"]),
+            "master for {password}"
+        );
         assert_eq!(derived.kek, key(&case["kek"]), "kek for {password}");
         assert_eq!(derived.auth, key(&case["auth"]), "auth for {password}");
     }
@@ -61,7 +69,10 @@ fn kdf_vectors_match() {
 #[test]
 fn kdf_refuses_parameters_below_the_floor() {
     let weak = params(&must_fail("below the floor"));
-    assert_eq!(kdf::derive("x", &[0u8; 16], weak).unwrap_err(), CryptoError::ParamsBelowFloor);
+    assert_eq!(
+        kdf::derive("x", &[0u8; 16], weak).unwrap_err(),
+        CryptoError::ParamsBelowFloor
+    );
 }
 
 #[test]
@@ -74,7 +85,10 @@ fn user_key_wrap_matches_and_unwraps() {
     let nonce: [u8; 12] = bytes(&uk["nonce"]).try_into().unwrap();
     let wrapped = userkey::wrap_with_nonce(&kek, user_id, &pkcs8, &nonce).unwrap();
     assert_eq!(wrapped, bytes(&uk["private_key_enc"]));
-    assert_eq!(userkey::unwrap(&kek, user_id, &wrapped).unwrap().as_slice(), pkcs8.as_slice());
+    assert_eq!(
+        userkey::unwrap(&kek, user_id, &wrapped).unwrap().as_slice(),
+        pkcs8.as_slice()
+    );
     // The public key in the vectors is the one the private key implies.
     userkey::parse_public_key(&bytes(&uk["public_key_spki"])).unwrap();
 }
@@ -101,7 +115,10 @@ fn user_key_refuses_wrong_kek_and_any_flipped_bit() {
     for i in [0, 11, 12, wrapped.len() / 2, wrapped.len() - 1] {
         let mut bad = wrapped.clone();
         bad[i] ^= 1;
-        assert!(userkey::unwrap(&kek, user_id, &bad).is_err(), "bit at byte {i}");
+        assert!(
+            userkey::unwrap(&kek, user_id, &bad).is_err(),
+            "bit at byte {i}"
+        );
     }
     assert!(userkey::unwrap(&kek, user_id, &wrapped[..20]).is_err());
 }
@@ -112,7 +129,10 @@ fn artifact_vector_seals_and_opens() {
     let a = &v["artifact"];
     let id = a["artifact_id"].as_str().unwrap();
     let kind = a["kind"].as_str().unwrap();
-    assert_eq!(envelope::aad(id, kind), a["aad"].as_str().unwrap().as_bytes());
+    assert_eq!(
+        envelope::aad(id, kind),
+        a["aad"].as_str().unwrap().as_bytes()
+    );
     let dek = key(&a["dek"]);
     let nonce: [u8; 12] = bytes(&a["nonce"]).try_into().unwrap();
     let plaintext = bytes(&a["plaintext"]);
@@ -133,7 +153,10 @@ fn artifact_must_fail_entries_are_refused() {
         let got = envelope::open_with(&dek, id, "md", &object);
         assert_eq!(got.unwrap_err(), CryptoError::Verification, "{what}");
     }
-    let kind = must_fail("AAD mismatch")["kind"].as_str().unwrap().to_owned();
+    let kind = must_fail("AAD mismatch")["kind"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let got = envelope::open_with(&dek, id, &kind, &bytes(&a["object"]));
     assert_eq!(got.unwrap_err(), CryptoError::Verification);
 }
@@ -150,7 +173,10 @@ fn artifact_tampering_anywhere_is_refused() {
     for i in [0, 4, 15, 16, object.len() - 1] {
         let mut bad = object.clone();
         bad[i] ^= 0x80;
-        assert!(envelope::open(&key, id, "md", &dek_enc, &bad).is_err(), "object byte {i}");
+        assert!(
+            envelope::open(&key, id, "md", &dek_enc, &bad).is_err(),
+            "object byte {i}"
+        );
     }
     let mut bad_dek = dek_enc.clone();
     bad_dek[7] ^= 1;
@@ -171,14 +197,20 @@ fn seal_round_trips_with_fresh_keys() {
     let opened = envelope::open(&private, "a1", "pdf", &sealed.dek_enc, &sealed.object).unwrap();
     assert_eq!(opened.as_slice(), b"%PDF-1.7 hello");
     let again = envelope::seal(&public, "a1", "pdf", b"%PDF-1.7 hello").unwrap();
-    assert_ne!(again.object, sealed.object, "nonce and key are fresh each time");
+    assert_ne!(
+        again.object, sealed.object,
+        "nonce and key are fresh each time"
+    );
 }
 
 #[test]
 fn only_plain_kinds_enter_the_aad() {
     let dek = Key32([0u8; 32]);
     for kind in ["", "md|x", "PDF", "md/../x"] {
-        assert!(envelope::seal_with(&dek, &[0u8; 12], "a", kind, b"x").is_err(), "{kind}");
+        assert!(
+            envelope::seal_with(&dek, &[0u8; 12], "a", kind, b"x").is_err(),
+            "{kind}"
+        );
     }
 }
 
@@ -189,7 +221,10 @@ fn ring_and_policy() -> (KeyRing, Policy, Value) {
     for (kid, secret) in t["ring"].as_object().unwrap() {
         ring.insert(kid, bytes(secret)).unwrap();
     }
-    let policy = Policy { max_ttl: t["max_ttl"].as_i64().unwrap(), skew: t["skew"].as_i64().unwrap() };
+    let policy = Policy {
+        max_ttl: t["max_ttl"].as_i64().unwrap(),
+        skew: t["skew"].as_i64().unwrap(),
+    };
     (ring, policy, t)
 }
 
@@ -204,9 +239,18 @@ fn token_vector_is_accepted_for_its_path_only() {
     assert_eq!(claims.filename, t["payload"]["filename"].as_str().unwrap());
     assert_eq!(claims.exp, t["payload"]["exp"].as_i64().unwrap());
     let later = t["reject_expired_at"].as_i64().unwrap();
-    assert_eq!(token::verify(&ring, policy, tok, path, later), Err(TokenError::Expired));
-    let other = must_fail("different path")["path"].as_str().unwrap().to_owned();
-    assert_eq!(token::verify(&ring, policy, tok, &other, now), Err(TokenError::PathMismatch));
+    assert_eq!(
+        token::verify(&ring, policy, tok, path, later),
+        Err(TokenError::Expired)
+    );
+    let other = must_fail("different path")["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        token::verify(&ring, policy, tok, &other, now),
+        Err(TokenError::PathMismatch)
+    );
 }
 
 #[test]
@@ -214,10 +258,22 @@ fn token_must_fail_entries_are_refused() {
     let (ring, policy, t) = ring_and_policy();
     let path = t["payload"]["path"].as_str().unwrap();
     let now = t["accept_at"].as_i64().unwrap();
-    let altered = must_fail("payload altered")["token"].as_str().unwrap().to_owned();
-    assert_eq!(token::verify(&ring, policy, &altered, path, now), Err(TokenError::BadMac));
-    let unknown = must_fail("unknown kid")["token"].as_str().unwrap().to_owned();
-    assert_eq!(token::verify(&ring, policy, &unknown, path, now), Err(TokenError::UnknownKid));
+    let altered = must_fail("payload altered")["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        token::verify(&ring, policy, &altered, path, now),
+        Err(TokenError::BadMac)
+    );
+    let unknown = must_fail("unknown kid")["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        token::verify(&ring, policy, &unknown, path, now),
+        Err(TokenError::UnknownKid)
+    );
 }
 
 #[test]
@@ -230,9 +286,15 @@ fn token_with_flipped_mac_bit_or_removed_kid_is_refused() {
     let mut mac = b64::decode(mac).unwrap();
     mac[31] ^= 1;
     let flipped = format!("{head}.{}", b64::encode(&mac));
-    assert_eq!(token::verify(&ring, policy, &flipped, path, now), Err(TokenError::BadMac));
+    assert_eq!(
+        token::verify(&ring, policy, &flipped, path, now),
+        Err(TokenError::BadMac)
+    );
     assert!(ring.remove("k1"));
-    assert_eq!(token::verify(&ring, policy, tok, path, now), Err(TokenError::UnknownKid));
+    assert_eq!(
+        token::verify(&ring, policy, tok, path, now),
+        Err(TokenError::UnknownKid)
+    );
 }
 
 #[test]
@@ -241,5 +303,10 @@ fn our_tokens_verify_with_the_vector_ring() {
     let claims: token::Claims = serde_json::from_value(t["payload"].clone()).unwrap();
     let ours = ring.sign("k1", &claims).unwrap();
     let now = t["accept_at"].as_i64().unwrap();
-    assert_eq!(token::verify(&ring, policy, &ours, &claims.path, now).unwrap().1, claims);
+    assert_eq!(
+        token::verify(&ring, policy, &ours, &claims.path, now)
+            .unwrap()
+            .1,
+        claims
+    );
 }

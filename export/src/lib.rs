@@ -37,13 +37,19 @@ impl ExportConfig {
             .map_err(|e| ConfigError::invalid("KIROKU_EXPORT_KEYS", e))?;
         let max_ttl: i64 = env.parse_or("KIROKU_EXPORT_MAX_TTL", 300)?;
         if !(10..=3600).contains(&max_ttl) {
-            return Err(ConfigError::invalid("KIROKU_EXPORT_MAX_TTL", "must be 10–3600 seconds"));
+            return Err(ConfigError::invalid(
+                "KIROKU_EXPORT_MAX_TTL",
+                "must be 10–3600 seconds",
+            ));
         }
         let storage = StorageConfig::from_env(env)?;
         storage.require(Role::Export)?;
         let public = env.or("KIROKU_PUBLIC_URL", "http://127.0.0.1:8080");
         Ok(ExportConfig {
-            listen: env.parse_or("KIROKU_EXPORT_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
+            listen: env.parse_or(
+                "KIROKU_EXPORT_LISTEN",
+                SocketAddr::from(([127, 0, 0, 1], 8081)),
+            )?,
             app_origin: origin_of(&public).to_owned(),
             ring,
             policy: Policy { max_ttl, skew: 30 },
@@ -73,8 +79,14 @@ impl ExportState {
         let store = FinalReader::new(Store::open(&config.storage, Role::Export)?);
         let rate = NonZeroU32::new(config.rate_per_second.max(1)).expect("max(1)");
         let burst = NonZeroU32::new(config.rate_per_second.max(1) * 10).expect("non-zero");
-        let limiter = Arc::new(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)));
-        Ok(ExportState { config: Arc::new(config), store, limiter })
+        let limiter = Arc::new(RateLimiter::keyed(
+            Quota::per_second(rate).allow_burst(burst),
+        ));
+        Ok(ExportState {
+            config: Arc::new(config),
+            store,
+            limiter,
+        })
     }
 }
 
@@ -82,7 +94,10 @@ pub fn router(state: ExportState) -> Router {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/objects/{*key}", get(object).head(object).options(preflight))
+        .route(
+            "/objects/{*key}",
+            get(object).head(object).options(preflight),
+        )
         .with_state(state);
     kiroku_runtime::http::observe(app)
 }
@@ -151,34 +166,54 @@ fn cors(config: &ExportConfig, headers: &HeaderMap, resp: &mut Response) {
 async fn preflight(State(s): State<ExportState>, headers: HeaderMap) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     cors(&s.config, &headers, &mut resp);
-    if resp.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+    if resp
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
         let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD"),
+        );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static("authorization, range"),
         );
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
     }
     resp
 }
 
 fn refuse(config: &ExportConfig, headers: &HeaderMap, why: Refusal) -> Response {
     let body = format!("{{\"error\":\"{}\"}}", why.code());
-    let mut resp = (why.status(), [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    let mut resp = (
+        why.status(),
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
     harden(resp.headers_mut());
     cors(config, headers, &mut resp);
     resp
 }
 
 fn harden(h: &mut HeaderMap) {
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; sandbox; frame-ancestors 'none'"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
 }
 
 fn now() -> i64 {
@@ -202,10 +237,17 @@ fn parse_range(value: &str, size: u64) -> Option<Result<ByteRange, ()>> {
         if suffix == 0 || size == 0 {
             return Some(Err(()));
         }
-        return Some(Ok(ByteRange { start: size.saturating_sub(suffix), end: None }));
+        return Some(Ok(ByteRange {
+            start: size.saturating_sub(suffix),
+            end: None,
+        }));
     }
     let start: u64 = a.parse().ok()?;
-    let end = if b.is_empty() { None } else { Some(b.parse().ok()?) };
+    let end = if b.is_empty() {
+        None
+    } else {
+        Some(b.parse().ok()?)
+    };
     if end.is_some_and(|e| e < start) || start >= size {
         return Some(Err(()));
     }
@@ -217,7 +259,13 @@ fn parse_range(value: &str, size: u64) -> Option<Result<ByteRange, ()>> {
 fn disposition(filename: &str) -> HeaderValue {
     let ascii: String = filename
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._- ".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._- ".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(100)
         .collect();
     let encoded: String = filename
@@ -231,8 +279,10 @@ fn disposition(filename: &str) -> HeaderValue {
             }
         })
         .collect();
-    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
 async fn object(
@@ -243,7 +293,12 @@ async fn object(
     let headers = req.headers().clone();
     let cfg = &s.config;
     // The raw path, undecoded: the token must name it byte for byte.
-    let key = req.uri().path().strip_prefix("/objects/").unwrap_or("").to_owned();
+    let key = req
+        .uri()
+        .path()
+        .strip_prefix("/objects/")
+        .unwrap_or("")
+        .to_owned();
     let head_only = req.method() == Method::HEAD;
 
     if s.limiter.check_key(&peer.ip()).is_err() {
@@ -302,8 +357,11 @@ async fn object(
     } else {
         match s.store.get(&key, range).await {
             Ok(obj) => {
-                let status =
-                    if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+                let status = if range.is_some() {
+                    StatusCode::PARTIAL_CONTENT
+                } else {
+                    StatusCode::OK
+                };
                 (status, obj.start, obj.len, Body::from_stream(obj.body))
             }
             Err(StorageError::NotFound) => {
@@ -326,7 +384,10 @@ async fn object(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_DISPOSITION, disposition(&claims.filename));
@@ -375,9 +436,16 @@ mod tests {
     fn disposition_never_breaks_the_header() {
         let v = disposition("guion \"final\"\r\nX: y.pdf");
         let s = v.to_str().unwrap();
-        assert!(s.starts_with("attachment; filename=\"guion _final___X_ y.pdf\""), "{s}");
+        assert!(
+            s.starts_with("attachment; filename=\"guion _final___X_ y.pdf\""),
+            "{s}"
+        );
         assert!(!s.contains('\n'));
         let v = disposition("guión.pdf");
-        assert!(v.to_str().unwrap().contains("filename*=UTF-8''gui%C3%B3n.pdf"));
+        assert!(
+            v.to_str()
+                .unwrap()
+                .contains("filename*=UTF-8''gui%C3%B3n.pdf")
+        );
     }
 }

@@ -15,7 +15,10 @@ pub struct ApiError {
 }
 
 fn network(e: JsValue) -> ApiError {
-    ApiError { status: 0, message: e.as_string().unwrap_or_else(|| "network error".into()) }
+    ApiError {
+        status: 0,
+        message: e.as_string().unwrap_or_else(|| "network error".into()),
+    }
 }
 
 async fn send(method: &str, path: &str, body: Option<String>) -> Result<Response, ApiError> {
@@ -31,16 +34,23 @@ async fn send(method: &str, path: &str, body: Option<String>) -> Result<Response
     if body.is_some() {
         h.set("content-type", "application/json").map_err(network)?;
     }
-    h.set("x-csrf-token", &crate::dom::csrf_token()).map_err(network)?;
+    h.set("x-csrf-token", &crate::dom::csrf_token())
+        .map_err(network)?;
     let window = web_sys::window().ok_or_else(|| network(JsValue::NULL))?;
-    let resp = JsFuture::from(window.fetch_with_request(&req)).await.map_err(network)?;
+    let resp = JsFuture::from(window.fetch_with_request(&req))
+        .await
+        .map_err(network)?;
     Ok(resp.unchecked_into())
 }
 
 async fn json_of<T: DeserializeOwned>(resp: Response) -> Result<T, ApiError> {
     let status = resp.status();
     let text = match resp.text() {
-        Ok(p) => JsFuture::from(p).await.ok().and_then(|v| v.as_string()).unwrap_or_default(),
+        Ok(p) => JsFuture::from(p)
+            .await
+            .ok()
+            .and_then(|v| v.as_string())
+            .unwrap_or_default(),
         Err(_) => String::new(),
     };
     if !(200..300).contains(&status) {
@@ -50,11 +60,17 @@ async fn json_of<T: DeserializeOwned>(resp: Response) -> Result<T, ApiError> {
             .unwrap_or_else(|| format!("HTTP {status}"));
         return Err(ApiError { status, message });
     }
-    serde_json::from_str(&text).map_err(|e| ApiError { status, message: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| ApiError {
+        status,
+        message: e.to_string(),
+    })
 }
 
 pub async fn post<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> Result<T, ApiError> {
-    let body = serde_json::to_string(body).map_err(|e| ApiError { status: 0, message: e.to_string() })?;
+    let body = serde_json::to_string(body).map_err(|e| ApiError {
+        status: 0,
+        message: e.to_string(),
+    })?;
     json_of(send("POST", path, Some(body)).await?).await
 }
 

@@ -32,7 +32,9 @@ fn status_line(status: &Status) -> Html {
 }
 
 fn value(r: &NodeRef) -> String {
-    r.cast::<HtmlInputElement>().map(|i| i.value()).unwrap_or_default()
+    r.cast::<HtmlInputElement>()
+        .map(|i| i.value())
+        .unwrap_or_default()
 }
 
 fn clear(r: &NodeRef) {
@@ -66,7 +68,8 @@ pub fn login() -> Html {
             let password = password.clone();
             spawn_local(async move {
                 let s = status.clone();
-                match flows::login(user.trim(), &pass, move |step| s.set(Status::Busy(step))).await {
+                match flows::login(user.trim(), &pass, move |step| s.set(Status::Busy(step))).await
+                {
                     Ok(next) => {
                         status.set(Status::Done(t().done));
                         dom::go(next);
@@ -126,8 +129,12 @@ pub fn setup(props: &SetupProps) -> Html {
         Callback::from(move |_: InputEvent| score.set(strength::score(&value(&password))))
     };
     let onsubmit = {
-        let (password, repeat, status, props) =
-            (password.clone(), repeat.clone(), status.clone(), props.clone());
+        let (password, repeat, status, props) = (
+            password.clone(),
+            repeat.clone(),
+            status.clone(),
+            props.clone(),
+        );
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
             if matches!(*status, Status::Busy(_)) {
@@ -199,9 +206,10 @@ pub fn password_change() -> Html {
             let status = status.clone();
             spawn_local(async move {
                 let s = status.clone();
-                let result =
-                    flows::change_password(&cur, &pass, &again, move |step| s.set(Status::Busy(step)))
-                        .await;
+                let result = flows::change_password(&cur, &pass, &again, move |step| {
+                    s.set(Status::Busy(step))
+                })
+                .await;
                 match result {
                     Ok(()) => {
                         for r in [&refs.0, &refs.1, &refs.2] {

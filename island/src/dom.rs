@@ -5,7 +5,9 @@ use wasm_bindgen::JsValue;
 use web_sys::{Document, Element};
 
 pub fn document() -> Document {
-    web_sys::window().and_then(|w| w.document()).expect("a page has a document")
+    web_sys::window()
+        .and_then(|w| w.document())
+        .expect("a page has a document")
 }
 
 /// The CSRF token the server put in `<meta name="csrf-token">`.
@@ -49,7 +51,11 @@ pub fn mark_ready() {
 /// KDF parameters from `data-m-kib`, `data-t`, `data-p`.
 pub fn params_from(el: &Element) -> Option<KdfParams> {
     let n = |a: &str| el.get_attribute(a)?.parse::<u32>().ok();
-    Some(KdfParams { m_kib: n("data-m-kib")?, t: n("data-t")?, p: n("data-p")? })
+    Some(KdfParams {
+        m_kib: n("data-m-kib")?,
+        t: n("data-t")?,
+        p: n("data-p")?,
+    })
 }
 
 /// Resolves after the browser has had a chance to paint, so a status line

@@ -86,12 +86,20 @@ struct Prelogin {
 
 impl Prelogin {
     fn params(&self) -> KdfParams {
-        KdfParams { m_kib: self.m_kib, t: self.t, p: self.p }
+        KdfParams {
+            m_kib: self.m_kib,
+            t: self.t,
+            p: self.p,
+        }
     }
 }
 
 /// Derives with parameters the server offered, refusing a downgrade.
-async fn derive_offered(password: &str, salt_b64: &str, params: KdfParams) -> Result<kdf::Derived, FlowError> {
+async fn derive_offered(
+    password: &str,
+    salt_b64: &str,
+    params: KdfParams,
+) -> Result<kdf::Derived, FlowError> {
     params.check().map_err(|_| FlowError::Downgrade)?;
     let salt = b64::decode(salt_b64).map_err(|_| FlowError::NotVerified)?;
     dom::next_frame().await;
@@ -119,10 +127,12 @@ async fn new_keys(
     params: KdfParams,
     pkcs8: &[u8],
 ) -> Result<NewKeys, FlowError> {
-    let salt = kiroku_crypto::random_array::<16>().map_err(|e| FlowError::Browser(e.to_string()))?;
+    let salt =
+        kiroku_crypto::random_array::<16>().map_err(|e| FlowError::Browser(e.to_string()))?;
     dom::next_frame().await;
     let d = kdf::derive(password, &salt, params).map_err(|_| FlowError::Downgrade)?;
-    let wrapped = userkey::wrap(&d.kek, user_id, pkcs8).map_err(|e| FlowError::Browser(e.to_string()))?;
+    let wrapped =
+        userkey::wrap(&d.kek, user_id, pkcs8).map_err(|e| FlowError::Browser(e.to_string()))?;
     Ok(NewKeys {
         auth: b64::encode(d.auth.as_bytes()),
         salt: b64::encode(salt),
@@ -151,8 +161,11 @@ pub async fn login(
     progress: impl Fn(Step),
 ) -> Result<&'static str, FlowError> {
     progress(Step::Preparing);
-    let pre: Prelogin =
-        api::post("/api/auth/prelogin", &serde_json::json!({ "username": username })).await?;
+    let pre: Prelogin = api::post(
+        "/api/auth/prelogin",
+        &serde_json::json!({ "username": username }),
+    )
+    .await?;
     progress(Step::Deriving);
     let derived = derive_offered(password, &pre.salt, pre.params()).await?;
     let answer: LoginAnswer = api::post(
@@ -244,7 +257,11 @@ pub async fn change_password(
     check_new_password(password, repeat)?;
     progress(Step::Preparing);
     let keys: AccountKeys = api::get("/api/account/keys").await?;
-    let stored = KdfParams { m_kib: keys.m_kib, t: keys.t, p: keys.p };
+    let stored = KdfParams {
+        m_kib: keys.m_kib,
+        t: keys.t,
+        p: keys.p,
+    };
     progress(Step::Deriving);
     let old = derive_offered(current, &keys.salt, stored).await?;
     let wrapped = b64::decode(&keys.private_key_enc).map_err(|_| FlowError::NotVerified)?;

@@ -21,7 +21,10 @@ fn settle(req: &IdbRequest) -> Promise {
             let _ = resolve.call1(&JsValue::NULL, &r.result().unwrap_or(JsValue::UNDEFINED));
         });
         let fail = Closure::once_into_js(move || {
-            let _ = reject.call1(&JsValue::NULL, &JsValue::from_str("IndexedDB request failed"));
+            let _ = reject.call1(
+                &JsValue::NULL,
+                &JsValue::from_str("IndexedDB request failed"),
+            );
         });
         req.set_onsuccess(Some(ok.unchecked_ref()));
         req.set_onerror(Some(fail.unchecked_ref()));
@@ -39,10 +42,12 @@ async fn open() -> Result<IdbDatabase, JsValue> {
     let req: IdbOpenDbRequest = factory()?.open_with_u32(DB, 1)?;
     let upgrade_req = req.clone();
     let on_upgrade = Closure::once_into_js(move || {
-        if let Ok(db) = upgrade_req.result().and_then(|r| r.dyn_into::<IdbDatabase>()) {
-            if !db.object_store_names().contains(STORE) {
-                let _ = db.create_object_store(STORE);
-            }
+        if let Ok(db) = upgrade_req
+            .result()
+            .and_then(|r| r.dyn_into::<IdbDatabase>())
+            && !db.object_store_names().contains(STORE)
+        {
+            let _ = db.create_object_store(STORE);
         }
     });
     req.set_onupgradeneeded(Some(on_upgrade.unchecked_ref()));
@@ -54,7 +59,9 @@ async fn open() -> Result<IdbDatabase, JsValue> {
 pub async fn put(key: &CryptoKey) -> Result<(), JsValue> {
     let db = open().await?;
     let tx = db.transaction_with_str_and_mode(STORE, IdbTransactionMode::Readwrite)?;
-    let req = tx.object_store(STORE)?.put_with_key(key, &JsValue::from_str(PRIVATE))?;
+    let req = tx
+        .object_store(STORE)?
+        .put_with_key(key, &JsValue::from_str(PRIVATE))?;
     JsFuture::from(settle(&req)).await?;
     db.close();
     Ok(())

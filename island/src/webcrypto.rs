@@ -29,7 +29,10 @@ fn rsa_oaep(generate: bool) -> Result<Object, JsValue> {
 }
 
 fn usages(list: &[&str]) -> JsValue {
-    list.iter().map(|u| JsValue::from_str(u)).collect::<Array>().into()
+    list.iter()
+        .map(|u| JsValue::from_str(u))
+        .collect::<Array>()
+        .into()
 }
 
 async fn bytes_of(promise: js_sys::Promise) -> Result<Vec<u8>, JsValue> {

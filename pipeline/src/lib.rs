@@ -29,7 +29,10 @@ impl WorkerConfig {
         let storage = StorageConfig::from_env(env)?;
         storage.require(Role::Worker)?;
         Ok(WorkerConfig {
-            listen: env.parse_or("KIROKU_WORKER_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
+            listen: env.parse_or(
+                "KIROKU_WORKER_LISTEN",
+                SocketAddr::from(([127, 0, 0, 1], 8082)),
+            )?,
             database_url: env.or(
                 "KIROKU_WORKER_DATABASE_URL",
                 "postgres://kiroku_worker@127.0.0.1:5432/kiroku",
@@ -60,9 +63,17 @@ pub async fn connect(config: WorkerConfig) -> anyhow::Result<WorkerState> {
         Config::from_url(&config.queue_redis_url).context("KIROKU_QUEUE_REDIS_URL is invalid")?,
     )
     .build()?;
-    queue.init().await.context("cannot connect to the queue Redis")?;
+    queue
+        .init()
+        .await
+        .context("cannot connect to the queue Redis")?;
     let store = WorkerStore(Store::open(&config.storage, Role::Worker)?);
-    Ok(WorkerState { config: Arc::new(config), db, queue, store })
+    Ok(WorkerState {
+        config: Arc::new(config),
+        db,
+        queue,
+        store,
+    })
 }
 
 pub fn health_router(state: WorkerState) -> Router {
@@ -78,13 +89,30 @@ async fn readyz(State(s): State<WorkerState>) -> impl IntoResponse {
     type Check = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
     let (db, queue, store) = (s.db.clone(), s.queue.clone(), s.store.clone());
     let checks: Vec<(&str, Check)> = vec![
-        ("database", Box::pin(async move {
-            sqlx::query("SELECT 1").execute(&db).await.map(drop).map_err(|e| e.to_string())
-        })),
-        ("queue redis", Box::pin(async move {
-            queue.ping::<String>(None).await.map(drop).map_err(|e| e.to_string())
-        })),
-        ("storage", Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })),
+        (
+            "database",
+            Box::pin(async move {
+                sqlx::query("SELECT 1")
+                    .execute(&db)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+        ),
+        (
+            "queue redis",
+            Box::pin(async move {
+                queue
+                    .ping::<String>(None)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+        ),
+        (
+            "storage",
+            Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) }),
+        ),
     ];
     kiroku_runtime::http::readiness(checks).await
 }

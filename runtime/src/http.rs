@@ -31,18 +31,23 @@ pub fn observe(router: Router) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(tower::util::MapRequestLayer::new(|mut req: Request<axum::body::Body>| {
-            req.headers_mut().remove(&REQUEST_ID);
-            req
-        }))
+        .layer(tower::util::MapRequestLayer::new(
+            |mut req: Request<axum::body::Body>| {
+                req.headers_mut().remove(&REQUEST_ID);
+                req
+            },
+        ))
 }
 
 /// Serves `router` on `listener` until SIGINT or SIGTERM, then lets
 /// requests in flight finish.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
 }
 
 /// Resolves on SIGINT or SIGTERM.

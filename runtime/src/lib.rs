@@ -64,7 +64,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(name: &str, reason: impl Display) -> Self {
-        ConfigError::Invalid { name: name.to_owned(), reason: reason.to_string() }
+        ConfigError::Invalid {
+            name: name.to_owned(),
+            reason: reason.to_string(),
+        }
     }
 }
 
@@ -89,17 +92,27 @@ impl Env {
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Env {
-        Env { vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect() }
+        Env {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
     }
 
     /// The value, if set and not empty.
     pub fn get(&self, name: &str) -> Option<&str> {
         debug_assert!(KNOWN.contains(&name), "{name} missing from settings::KNOWN");
-        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     pub fn required(&self, name: &str) -> Result<String, ConfigError> {
-        self.get(name).map(str::to_owned).ok_or_else(|| ConfigError::Missing(name.to_owned()))
+        self.get(name)
+            .map(str::to_owned)
+            .ok_or_else(|| ConfigError::Missing(name.to_owned()))
     }
 
     pub fn or(&self, name: &str, default: &str) -> String {
@@ -120,7 +133,11 @@ impl Env {
 
     /// Set `KIROKU_*` variables that no binary reads (typos, leftovers).
     pub fn unknown(&self) -> Vec<&str> {
-        self.vars.keys().map(String::as_str).filter(|k| !KNOWN.contains(k)).collect()
+        self.vars
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !KNOWN.contains(k))
+            .collect()
     }
 
     /// Logs a warning for each unknown variable.
@@ -158,9 +175,15 @@ mod tests {
     fn errors_name_the_variable() {
         let env = Env::from_pairs([("KIROKU_KDF_T", "three")]);
         let err = env.parse_or("KIROKU_KDF_T", 3u32).unwrap_err();
-        assert!(err.to_string().starts_with("KIROKU_KDF_T is invalid"), "{err}");
+        assert!(
+            err.to_string().starts_with("KIROKU_KDF_T is invalid"),
+            "{err}"
+        );
         let err = env.required("KIROKU_PRELOGIN_SECRET").unwrap_err();
-        assert_eq!(err.to_string(), "KIROKU_PRELOGIN_SECRET is required but not set");
+        assert_eq!(
+            err.to_string(),
+            "KIROKU_PRELOGIN_SECRET is required but not set"
+        );
     }
 
     #[test]
@@ -185,10 +208,16 @@ mod tests {
             .filter(|k| k.starts_with("KIROKU_"))
             .collect();
         for k in KNOWN {
-            assert!(documented.contains(k), "{k} is not documented in .env.example");
+            assert!(
+                documented.contains(k),
+                "{k} is not documented in .env.example"
+            );
         }
         for k in &documented {
-            assert!(KNOWN.contains(k), "{k} is documented but no binary reads it");
+            assert!(
+                KNOWN.contains(k),
+                "{k} is documented but no binary reads it"
+            );
         }
     }
 }

@@ -44,7 +44,9 @@ pub struct Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials").field("access_key_id", &self.access_key_id).finish()
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish()
     }
 }
 
@@ -72,11 +74,16 @@ impl StorageConfig {
     /// then opens its own role; a missing credential is an error there.
     pub fn from_env(env: &Env) -> Result<StorageConfig, ConfigError> {
         let backend = match env.or("KIROKU_STORAGE", "local").as_str() {
-            "local" => Backend::Local { dir: env.or("KIROKU_STORAGE_DIR", ".data/objects").into() },
+            "local" => Backend::Local {
+                dir: env.or("KIROKU_STORAGE_DIR", ".data/objects").into(),
+            },
             "s3" => {
                 let endpoint = env.or("KIROKU_S3_ENDPOINT", "http://127.0.0.1:8333");
                 if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                    return Err(ConfigError::invalid("KIROKU_S3_ENDPOINT", "must be an http(s) URL"));
+                    return Err(ConfigError::invalid(
+                        "KIROKU_S3_ENDPOINT",
+                        "must be an http(s) URL",
+                    ));
                 }
                 Backend::S3(S3Config {
                     endpoint,
@@ -98,26 +105,38 @@ impl StorageConfig {
             match (env.get(&id_var), env.get(&secret_var)) {
                 (Some(id), Some(secret)) => credentials.push((
                     role,
-                    Credentials { access_key_id: id.into(), secret_access_key: secret.into() },
+                    Credentials {
+                        access_key_id: id.into(),
+                        secret_access_key: secret.into(),
+                    },
                 )),
                 (None, None) => {}
                 (Some(_), None) => return Err(ConfigError::Missing(secret_var)),
                 (None, Some(_)) => return Err(ConfigError::Missing(id_var)),
             }
         }
-        Ok(StorageConfig { backend, credentials })
+        Ok(StorageConfig {
+            backend,
+            credentials,
+        })
     }
 
     /// The credential configured for `role`, if any.
     pub fn credentials(&self, role: Role) -> Option<&Credentials> {
-        self.credentials.iter().find(|(r, _)| *r == role).map(|(_, c)| c)
+        self.credentials
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, c)| c)
     }
 
     /// Checks that `role`'s credential is present when S3 is used, naming
     /// the variable otherwise.
     pub fn require(&self, role: Role) -> Result<(), ConfigError> {
         if matches!(self.backend, Backend::S3(_)) && self.credentials(role).is_none() {
-            return Err(ConfigError::Missing(format!("{}_S3_ACCESS_KEY_ID", role.var_prefix())));
+            return Err(ConfigError::Missing(format!(
+                "{}_S3_ACCESS_KEY_ID",
+                role.var_prefix()
+            )));
         }
         Ok(())
     }
@@ -140,7 +159,10 @@ impl StorageConfig {
     }
 
     pub fn new_local(dir: PathBuf) -> StorageConfig {
-        StorageConfig { backend: Backend::Local { dir }, credentials: Vec::new() }
+        StorageConfig {
+            backend: Backend::Local { dir },
+            credentials: Vec::new(),
+        }
     }
 }
 
@@ -155,7 +177,10 @@ mod tests {
             ("KIROKU_APP_S3_ACCESS_KEY_ID", "id"),
         ]);
         let err = StorageConfig::from_env(&env).unwrap_err();
-        assert_eq!(err, ConfigError::Missing("KIROKU_APP_S3_SECRET_ACCESS_KEY".into()));
+        assert_eq!(
+            err,
+            ConfigError::Missing("KIROKU_APP_S3_SECRET_ACCESS_KEY".into())
+        );
     }
 
     #[test]
@@ -170,6 +195,9 @@ mod tests {
         let env = Env::from_pairs([("KIROKU_STORAGE", "s3")]);
         let cfg = StorageConfig::from_env(&env).unwrap();
         let err = cfg.require(Role::Export).unwrap_err();
-        assert_eq!(err, ConfigError::Missing("KIROKU_EXPORT_S3_ACCESS_KEY_ID".into()));
+        assert_eq!(
+            err,
+            ConfigError::Missing("KIROKU_EXPORT_S3_ACCESS_KEY_ID".into())
+        );
     }
 }

@@ -72,9 +72,15 @@ pub fn check_key(key: &str) -> Result<(), StorageError> {
             !seg.is_empty()
                 && seg != "."
                 && seg != ".."
-                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         });
-    if ok { Ok(()) } else { Err(StorageError::InvalidKey) }
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidKey)
+    }
 }
 
 /// A byte range request, inclusive like HTTP's.
@@ -211,7 +217,11 @@ impl Store {
 }
 
 fn require_area(key: &str, area: Area) -> Result<(), StorageError> {
-    if key.starts_with(area.prefix()) { Ok(()) } else { Err(StorageError::AccessDenied) }
+    if key.starts_with(area.prefix()) {
+        Ok(())
+    } else {
+        Err(StorageError::AccessDenied)
+    }
 }
 
 /// The app's handle: put under `ingest/`, nothing else.
@@ -233,7 +243,10 @@ impl IngestWriter {
     pub async fn ping(&self) -> Result<(), StorageError> {
         match &self.0 {
             Store::Local(s) => s.ping().await,
-            Store::S3(_) => self.put("ingest/_probe/ready", Bytes::from_static(b"ok")).await,
+            Store::S3(_) => {
+                self.put("ingest/_probe/ready", Bytes::from_static(b"ok"))
+                    .await
+            }
         }
     }
 }
@@ -286,7 +299,9 @@ mod tests {
     #[test]
     fn keys_are_plain_relative_paths() {
         assert!(check_key("ingest/u/p/chunk-000001").is_ok());
-        for bad in ["", "/abs", "a//b", "a/../b", "a/./b", "a/b/", "a\\b", "a%2e", "a b"] {
+        for bad in [
+            "", "/abs", "a//b", "a/../b", "a/./b", "a/b/", "a\\b", "a%2e", "a b",
+        ] {
             assert!(check_key(bad).is_err(), "{bad:?}");
         }
     }

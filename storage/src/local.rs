@@ -42,7 +42,9 @@ impl LocalStore {
         tokio::fs::create_dir_all(&dir).await.map_err(io_err)?;
         let tmp = dir.join(format!(
             ".{}.{}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("object"),
             std::process::id()
         ));
         let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
@@ -54,12 +56,19 @@ impl LocalStore {
     }
 
     pub async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Object, StorageError> {
-        let mut file = tokio::fs::File::open(self.path(key)).await.map_err(io_err)?;
+        let mut file = tokio::fs::File::open(self.path(key))
+            .await
+            .map_err(io_err)?;
         let size = file.metadata().await.map_err(io_err)?.len();
         let (start, len) = clamp_range(size, range)?;
         file.seek(SeekFrom::Start(start)).await.map_err(io_err)?;
         let body = ReaderStream::new(file.take(len)).map(|r| r.map_err(io_err));
-        Ok(Object { total_size: size, start, len, body: Box::pin(body) })
+        Ok(Object {
+            total_size: size,
+            start,
+            len,
+            body: Box::pin(body),
+        })
     }
 
     pub async fn head(&self, key: &str) -> Result<u64, StorageError> {
@@ -135,25 +144,48 @@ mod tests {
 
     fn uuid_like() -> String {
         use std::time::{SystemTime, UNIX_EPOCH};
-        let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let n = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         format!("{n:x}-{}", std::process::id())
     }
 
     #[tokio::test]
     async fn put_get_range_list_delete() {
         let (s, dir) = store();
-        s.put("ingest/a/1", Bytes::from_static(b"0123456789")).await.unwrap();
+        s.put("ingest/a/1", Bytes::from_static(b"0123456789"))
+            .await
+            .unwrap();
         s.put("work/b", Bytes::from_static(b"x")).await.unwrap();
-        let whole = s.get("ingest/a/1", None).await.unwrap().into_bytes().await.unwrap();
+        let whole = s
+            .get("ingest/a/1", None)
+            .await
+            .unwrap()
+            .into_bytes()
+            .await
+            .unwrap();
         assert_eq!(whole, b"0123456789");
-        let part = s.get("ingest/a/1", Some(ByteRange { start: 3, end: Some(5) })).await.unwrap();
+        let part = s
+            .get(
+                "ingest/a/1",
+                Some(ByteRange {
+                    start: 3,
+                    end: Some(5),
+                }),
+            )
+            .await
+            .unwrap();
         assert_eq!((part.start, part.len, part.total_size), (3, 3, 10));
         assert_eq!(part.into_bytes().await.unwrap(), b"345");
         assert_eq!(s.list("ingest/").await.unwrap(), vec!["ingest/a/1"]);
         assert_eq!(s.list("").await.unwrap().len(), 2);
         s.delete("ingest/a/1").await.unwrap();
         s.delete("ingest/a/1").await.unwrap();
-        assert!(matches!(s.get("ingest/a/1", None).await, Err(StorageError::NotFound)));
+        assert!(matches!(
+            s.get("ingest/a/1", None).await,
+            Err(StorageError::NotFound)
+        ));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

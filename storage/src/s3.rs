@@ -49,7 +49,9 @@ impl S3Store {
             "kiroku",
         );
         let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
             .build_https();
         let conf = aws_sdk_s3::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
@@ -63,7 +65,10 @@ impl S3Store {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
-        S3Store { client: Client::from_conf(conf), bucket: cfg.bucket.clone() }
+        S3Store {
+            client: Client::from_conf(conf),
+            bucket: cfg.bucket.clone(),
+        }
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
@@ -98,7 +103,12 @@ impl S3Store {
                 .await
                 .map(|r| (r.map_err(|e| StorageError::Unavailable(e.to_string())), b))
         });
-        Ok(Object { total_size, start, len, body: Box::pin(body) })
+        Ok(Object {
+            total_size,
+            start,
+            len,
+            body: Box::pin(body),
+        })
     }
 
     pub async fn head(&self, key: &str) -> Result<u64, StorageError> {
@@ -126,7 +136,11 @@ impl S3Store {
                 .send()
                 .await
                 .map_err(map_err)?;
-            out.extend(resp.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+            out.extend(
+                resp.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
             match resp.next_continuation_token() {
                 Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_owned()),
                 _ => break,
@@ -161,7 +175,14 @@ impl S3Store {
 
     /// A HEAD of the bucket: answers for any valid credential.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        match self.client.head_bucket().bucket(&self.bucket).send().await.map_err(map_err) {
+        match self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(map_err)
+        {
             Ok(_) | Err(StorageError::AccessDenied) | Err(StorageError::NotFound) => Ok(()),
             Err(e) => Err(e),
         }

@@ -60,8 +60,13 @@ impl TestDb {
         use sqlx::Connection;
         let owner = env.get("KIROKU_MIGRATE_DATABASE_URL").unwrap().to_owned();
         let name = format!("kiroku_t_{}", unique());
-        let mut conn = sqlx::PgConnection::connect(&owner).await.expect("connect as owner");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        let mut conn = sqlx::PgConnection::connect(&owner)
+            .await
+            .expect("connect as owner");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.ok();
         let db = TestDb {
             owner_url: with_db(&owner, &name),
@@ -69,7 +74,9 @@ impl TestDb {
             worker_url: with_db(env.get("KIROKU_WORKER_DATABASE_URL").unwrap(), &name),
             name,
         };
-        kiroku_app::db::migrate(&db.owner_url).await.expect("migrations apply");
+        kiroku_app::db::migrate(&db.owner_url)
+            .await
+            .expect("migrations apply");
         db
     }
 
@@ -77,23 +84,35 @@ impl TestDb {
     pub async fn drop_db(self, env: &Env) {
         use sqlx::Connection;
         let owner = env.get("KIROKU_MIGRATE_DATABASE_URL").unwrap();
-        let mut conn = sqlx::PgConnection::connect(owner).await.expect("connect as owner");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut conn)
+        let mut conn = sqlx::PgConnection::connect(owner)
             .await
-            .unwrap();
+            .expect("connect as owner");
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     }
 }
 
 /// Where cargo put the binaries of this build (`target/debug`).
 pub fn bin_dir() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(|d| d.parent()).expect("target/debug/deps").to_owned()
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target/debug/deps")
+        .to_owned()
 }
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A Kiroku binary running as a child process, killed on drop.
@@ -107,7 +126,11 @@ impl Service {
     /// variables plus `overrides` (an empty value removes a variable).
     pub fn start(name: &'static str, args: &[&str], overrides: &[(&str, String)]) -> Service {
         let path = bin_dir().join(name);
-        assert!(path.exists(), "{} is missing: run `cargo build --bins` first", path.display());
+        assert!(
+            path.exists(),
+            "{} is missing: run `cargo build --bins` first",
+            path.display()
+        );
         let mut cmd = std::process::Command::new(path);
         cmd.args(args).stdout(std::process::Stdio::null());
         for (k, v) in overrides {
@@ -117,13 +140,18 @@ impl Service {
                 cmd.env(k, v);
             }
         }
-        Service { child: cmd.spawn().expect("spawn service"), name }
+        Service {
+            child: cmd.spawn().expect("spawn service"),
+            name,
+        }
     }
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
         let status = self.child.wait().expect("wait for service");
         std::mem::forget(self);
         status
@@ -163,8 +191,11 @@ pub struct TestApp {
 }
 
 /// The cheapest KDF parameters the contract allows, to keep tests quick.
-pub const TEST_KDF: [(&str, &str); 3] =
-    [("KIROKU_KDF_M_KIB", "19456"), ("KIROKU_KDF_T", "2"), ("KIROKU_KDF_P", "1")];
+pub const TEST_KDF: [(&str, &str); 3] = [
+    ("KIROKU_KDF_M_KIB", "19456"),
+    ("KIROKU_KDF_T", "2"),
+    ("KIROKU_KDF_P", "1"),
+];
 
 impl TestApp {
     /// Starts the app with the process's configuration plus `overrides`.
@@ -207,7 +238,13 @@ impl TestApp {
             .await
             .unwrap();
         });
-        TestApp { base: format!("http://127.0.0.1:{port}"), db, config, pool, server }
+        TestApp {
+            base: format!("http://127.0.0.1:{port}"),
+            db,
+            config,
+            pool,
+            server,
+        }
     }
 
     pub async fn stop(self) {
@@ -260,12 +297,21 @@ impl Browser {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        Browser { base: base.to_owned(), http, jar, csrf: String::new() }
+        Browser {
+            base: base.to_owned(),
+            http,
+            jar,
+            csrf: String::new(),
+        }
     }
 
     /// Loads a page and picks up its CSRF token.
     pub async fn page(&mut self, path: &str) -> reqwest::Response {
-        self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn open_login(&mut self) -> String {
@@ -285,7 +331,12 @@ impl Browser {
     }
 
     pub async fn prelogin(&self, username: &str) -> PreloginAnswer {
-        let resp = self.post_json("/api/auth/prelogin", &serde_json::json!({ "username": username })).await;
+        let resp = self
+            .post_json(
+                "/api/auth/prelogin",
+                &serde_json::json!({ "username": username }),
+            )
+            .await;
         assert_eq!(resp.status(), 200);
         resp.json().await.unwrap()
     }
@@ -294,7 +345,11 @@ impl Browser {
     pub async fn derive(&self, username: &str, password: &str) -> kiroku_crypto::kdf::Derived {
         let pre = self.prelogin(username).await;
         let salt = kiroku_crypto::b64::decode(&pre.salt).unwrap();
-        let params = kiroku_crypto::kdf::KdfParams { m_kib: pre.m_kib, t: pre.t, p: pre.p };
+        let params = kiroku_crypto::kdf::KdfParams {
+            m_kib: pre.m_kib,
+            t: pre.t,
+            p: pre.p,
+        };
         kiroku_crypto::kdf::derive(password, &salt, params).unwrap()
     }
 

@@ -52,7 +52,13 @@ async fn first_login_setup_logout_login_round_trip() {
     // Logout ends the session.
     let html = b.page("/projects").await.text().await.unwrap();
     let csrf = meta_csrf(&html).unwrap();
-    let resp = b.http.post(format!("{}/logout", b.base)).form(&[("csrf", csrf)]).send().await.unwrap();
+    let resp = b
+        .http
+        .post(format!("{}/logout", b.base))
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 303);
     assert_eq!(b.page("/projects").await.headers()["location"], "/login");
 
@@ -85,11 +91,18 @@ async fn wrong_password_unknown_user_and_reused_temporary_password_are_refused()
     let user_id = answer["user_id"].as_str().unwrap().to_owned();
     assert_eq!(b.setup(&user_id, NEW_PASSWORD, FLOOR).await.0, 200);
     // A second setup in the same session changes nothing.
-    assert_eq!(b.setup(&user_id, "another password 123", FLOOR).await.0, 409);
+    assert_eq!(
+        b.setup(&user_id, "another password 123", FLOOR).await.0,
+        409
+    );
 
     let mut again = app.browser();
     again.open_login().await;
-    assert_eq!(again.login("bea", &temp).await.0, 401, "temporary password still works");
+    assert_eq!(
+        again.login("bea", &temp).await.0,
+        401,
+        "temporary password still works"
+    );
     assert_eq!(again.login("bea", NEW_PASSWORD).await.0, 200);
     app.stop().await;
 }
@@ -100,7 +113,9 @@ async fn session_id_changes_at_login_and_the_old_one_is_worthless() {
     let (_, _, _) = set_up_user(&app, "cris").await;
     let mut b = app.browser();
     b.open_login().await;
-    let before = b.session_cookie().expect("anonymous session for the login form");
+    let before = b
+        .session_cookie()
+        .expect("anonymous session for the login form");
     let (status, _) = b.login("cris", NEW_PASSWORD).await;
     assert_eq!(status, 200);
     let after = b.session_cookie().unwrap();
@@ -109,8 +124,15 @@ async fn session_id_changes_at_login_and_the_old_one_is_worthless() {
     // An attacker who planted `before` gets nothing.
     let planted = Browser::new(&app.base);
     let url = app.base.parse().unwrap();
-    planted.jar.add_cookie_str(&format!("kiroku_session={before}"), &url);
-    let resp = planted.http.get(format!("{}/projects", app.base)).send().await.unwrap();
+    planted
+        .jar
+        .add_cookie_str(&format!("kiroku_session={before}"), &url);
+    let resp = planted
+        .http
+        .get(format!("{}/projects", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["location"], "/login");
     app.stop().await;
 }
@@ -122,17 +144,32 @@ async fn state_changing_requests_without_the_csrf_token_are_forbidden() {
     let good = b.csrf.clone();
     for token in ["", "forged-token"] {
         b.csrf = token.to_owned();
-        for path in ["/api/auth/prelogin", "/api/auth/login", "/api/auth/setup", "/api/auth/password"] {
+        for path in [
+            "/api/auth/prelogin",
+            "/api/auth/login",
+            "/api/auth/setup",
+            "/api/auth/password",
+        ] {
             let resp = b.post_json(path, &json!({ "username": "dani" })).await;
             assert_eq!(resp.status(), 403, "{path} with token {token:?}");
             let body: serde_json::Value = resp.json().await.unwrap();
             assert!(body["error"].as_str().unwrap().contains("CSRF"));
         }
-        let resp = b.http.post(format!("{}/logout", b.base)).form(&[("csrf", token)]).send().await.unwrap();
+        let resp = b
+            .http
+            .post(format!("{}/logout", b.base))
+            .form(&[("csrf", token)])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 403);
     }
     b.csrf = good;
-    assert_eq!(b.page("/projects").await.status(), 200, "still signed in: nothing changed");
+    assert_eq!(
+        b.page("/projects").await.status(),
+        200,
+        "still signed in: nothing changed"
+    );
     let _ = user_id;
     app.stop().await;
 }
@@ -143,12 +180,22 @@ async fn prelogin_for_unknown_users_is_stable_and_shaped_like_a_real_answer() {
     set_up_user(&app, "elena").await;
     let mut b = app.browser();
     b.open_login().await;
-    let real = b.post_json("/api/auth/prelogin", &json!({ "username": "elena" })).await;
+    let real = b
+        .post_json("/api/auth/prelogin", &json!({ "username": "elena" }))
+        .await;
     let real: serde_json::Value = real.json().await.unwrap();
-    let ghost1: serde_json::Value =
-        b.post_json("/api/auth/prelogin", &json!({ "username": "ghost" })).await.json().await.unwrap();
-    let ghost2: serde_json::Value =
-        b.post_json("/api/auth/prelogin", &json!({ "username": "ghost" })).await.json().await.unwrap();
+    let ghost1: serde_json::Value = b
+        .post_json("/api/auth/prelogin", &json!({ "username": "ghost" }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ghost2: serde_json::Value = b
+        .post_json("/api/auth/prelogin", &json!({ "username": "ghost" }))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ghost1, ghost2, "unknown-user answer must be stable");
     let keys = |v: &serde_json::Value| {
         let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
@@ -156,10 +203,17 @@ async fn prelogin_for_unknown_users_is_stable_and_shaped_like_a_real_answer() {
         k
     };
     assert_eq!(keys(&real), keys(&ghost1));
-    assert_eq!(b64::decode(ghost1["salt"].as_str().unwrap()).unwrap().len(), 16);
+    assert_eq!(
+        b64::decode(ghost1["salt"].as_str().unwrap()).unwrap().len(),
+        16
+    );
     assert_eq!(ghost1["m_kib"], app.config.kdf_default.m_kib);
-    let other: serde_json::Value =
-        b.post_json("/api/auth/prelogin", &json!({ "username": "ghost2" })).await.json().await.unwrap();
+    let other: serde_json::Value = b
+        .post_json("/api/auth/prelogin", &json!({ "username": "ghost2" }))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_ne!(other["salt"], ghost1["salt"]);
     app.stop().await;
 }
@@ -223,14 +277,46 @@ async fn bad_setup_bodies_are_refused_and_change_nothing() {
         })
     };
     let cases: Vec<(&str, serde_json::Value)> = vec![
-        ("below the floor", { let mut v = good(); v["t"] = json!(1); v }),
-        ("short salt", { let mut v = good(); v["salt"] = json!(b64::encode([1u8; 8])); v }),
-        ("short auth", { let mut v = good(); v["auth"] = json!(b64::encode([1u8; 31])); v }),
-        ("not a key", { let mut v = good(); v["public_key"] = json!(b64::encode(b"junk")); v }),
-        ("tiny wrapped key", { let mut v = good(); v["private_key_enc"] = json!("AAAA"); v }),
-        ("not base64", { let mut v = good(); v["auth"] = json!("%%%"); v }),
-        ("unknown field", { let mut v = good(); v["admin"] = json!(true); v }),
-        ("missing field", { let mut v = good(); v.as_object_mut().unwrap().remove("salt"); v }),
+        ("below the floor", {
+            let mut v = good();
+            v["t"] = json!(1);
+            v
+        }),
+        ("short salt", {
+            let mut v = good();
+            v["salt"] = json!(b64::encode([1u8; 8]));
+            v
+        }),
+        ("short auth", {
+            let mut v = good();
+            v["auth"] = json!(b64::encode([1u8; 31]));
+            v
+        }),
+        ("not a key", {
+            let mut v = good();
+            v["public_key"] = json!(b64::encode(b"junk"));
+            v
+        }),
+        ("tiny wrapped key", {
+            let mut v = good();
+            v["private_key_enc"] = json!("AAAA");
+            v
+        }),
+        ("not base64", {
+            let mut v = good();
+            v["auth"] = json!("%%%");
+            v
+        }),
+        ("unknown field", {
+            let mut v = good();
+            v["admin"] = json!(true);
+            v
+        }),
+        ("missing field", {
+            let mut v = good();
+            v.as_object_mut().unwrap().remove("salt");
+            v
+        }),
     ];
     for (what, body) in cases {
         let resp = b.post_json("/api/auth/setup", &body).await;
@@ -251,7 +337,10 @@ async fn bad_setup_bodies_are_refused_and_change_nothing() {
         .unwrap();
     assert_eq!(raw.status(), 400);
 
-    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM user_public_keys").fetch_one(&app.pool).await.unwrap();
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM user_public_keys")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(keys, 0, "a refused setup stored a key");
     // The temporary password still works: nothing was consumed.
     let mut again = app.browser();
@@ -268,8 +357,15 @@ async fn password_change_keeps_artifacts_sealed_before_it_readable() {
     let public = userkey::parse_public_key(&pair.public_spki).unwrap();
     let sealed = envelope::seal(&public, "art-1", "md", b"# Guion\n").unwrap();
 
-    let keys: serde_json::Value =
-        b.http.get(format!("{}/api/account/keys", b.base)).send().await.unwrap().json().await.unwrap();
+    let keys: serde_json::Value = b
+        .http
+        .get(format!("{}/api/account/keys", b.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let old = b.derive("ines", NEW_PASSWORD).await;
     let wrapped = b64::decode(keys["private_key_enc"].as_str().unwrap()).unwrap();
     let pkcs8 = userkey::unwrap(&old.kek, &user_id, &wrapped).unwrap();
@@ -287,12 +383,26 @@ async fn password_change_keeps_artifacts_sealed_before_it_readable() {
             "private_key_enc": b64::encode(&rewrapped),
         })
     };
-    assert_eq!(b.post_json("/api/auth/password", &body(&[0u8; 32])).await.status(), 400);
-    assert_eq!(b.post_json("/api/auth/password", &body(old.auth.as_bytes())).await.status(), 200);
+    assert_eq!(
+        b.post_json("/api/auth/password", &body(&[0u8; 32]))
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        b.post_json("/api/auth/password", &body(old.auth.as_bytes()))
+            .await
+            .status(),
+        200
+    );
 
     let mut c = app.browser();
     c.open_login().await;
-    assert_eq!(c.login("ines", NEW_PASSWORD).await.0, 401, "old password still works");
+    assert_eq!(
+        c.login("ines", NEW_PASSWORD).await.0,
+        401,
+        "old password still works"
+    );
     let (status, answer) = c.login("ines", "brand new secret 99").await;
     assert_eq!(status, 200);
     let kek = c.derive("ines", "brand new secret 99").await.kek;

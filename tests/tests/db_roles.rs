@@ -51,9 +51,13 @@ async fn app_role_cannot_change_public_keys_or_artifacts_and_worker_cannot_creat
         .execute(&mut app)
         .await;
     assert!(second.is_err(), "a second public key was accepted");
-    let delete_key = sqlx::query("DELETE FROM user_public_keys").execute(&mut app).await;
+    let delete_key = sqlx::query("DELETE FROM user_public_keys")
+        .execute(&mut app)
+        .await;
     assert!(is_denied(delete_key), "app role deleted a public key");
-    assert!(is_denied(sqlx::query("DELETE FROM artifacts").execute(&mut app).await));
+    assert!(is_denied(
+        sqlx::query("DELETE FROM artifacts").execute(&mut app).await
+    ));
     let forge = sqlx::query(
         "INSERT INTO artifacts (id, project_id, kind, content_type, file_name, object_key, size,
                                 sha256, dek_enc, algorithm)
@@ -67,20 +71,27 @@ async fn app_role_cannot_change_public_keys_or_artifacts_and_worker_cannot_creat
 
     // The worker reads keys and projects but cannot create users or read
     // login secrets.
-    let create = sqlx::query("INSERT INTO users (id, username, temp_password_hash) VALUES ($1, 'eve', 'x')")
-        .bind(Uuid::new_v4())
+    let create =
+        sqlx::query("INSERT INTO users (id, username, temp_password_hash) VALUES ($1, 'eve', 'x')")
+            .bind(Uuid::new_v4())
+            .execute(&mut worker)
+            .await;
+    assert!(is_denied(create), "worker role created a user");
+    let secrets = sqlx::query("SELECT auth_hash FROM users")
         .execute(&mut worker)
         .await;
-    assert!(is_denied(create), "worker role created a user");
-    let secrets = sqlx::query("SELECT auth_hash FROM users").execute(&mut worker).await;
     assert!(is_denied(secrets), "worker role read auth hashes");
-    let key: Vec<u8> = sqlx::query_scalar("SELECT public_key FROM user_public_keys WHERE user_id = $1")
-        .bind(user)
-        .fetch_one(&mut worker)
-        .await
-        .expect("worker reads public keys");
+    let key: Vec<u8> =
+        sqlx::query_scalar("SELECT public_key FROM user_public_keys WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&mut worker)
+            .await
+            .expect("worker reads public keys");
     assert_eq!(key, vec![1u8; 294]);
-    let swap = sqlx::query("UPDATE user_public_keys SET public_key = $1").bind(vec![3u8; 294]).execute(&mut worker).await;
+    let swap = sqlx::query("UPDATE user_public_keys SET public_key = $1")
+        .bind(vec![3u8; 294])
+        .execute(&mut worker)
+        .await;
     assert!(is_denied(swap), "worker role changed a public key");
 
     app.close().await.ok();

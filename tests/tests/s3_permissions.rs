@@ -27,7 +27,13 @@ fn allowed(role: Role, op: Op, place: &str) -> bool {
     }
 }
 
-async fn attempt(store: &Store, op: Op, place: &str, seed: &str, run: &str) -> Result<(), StorageError> {
+async fn attempt(
+    store: &Store,
+    op: Op,
+    place: &str,
+    seed: &str,
+    run: &str,
+) -> Result<(), StorageError> {
     let fresh = format!("{place}perm-{run}/new-{}", unique());
     match op {
         Op::Put => store.put(&fresh, Bytes::from_static(b"x")).await,
@@ -52,17 +58,21 @@ async fn every_credential_can_do_exactly_what_its_role_needs() {
                 // it may write), so deletes do not disturb later cells.
                 let seed = format!("{place}perm-{run}/seed-{}", unique());
                 if place != "elsewhere/" {
-                    worker.put(&seed, Bytes::from_static(b"seed")).await.unwrap();
+                    worker
+                        .put(&seed, Bytes::from_static(b"seed"))
+                        .await
+                        .unwrap();
                 }
                 let got = attempt(&store, op, place, &seed, &run).await;
                 let want = allowed(role, op, place);
-                let ok = match (&got, want) {
-                    (Ok(()), true) => true,
-                    (Err(StorageError::AccessDenied), false) => true,
-                    _ => false,
-                };
+                let ok = matches!(
+                    (&got, want),
+                    (Ok(()), true) | (Err(StorageError::AccessDenied), false)
+                );
                 if !ok {
-                    failures.push(format!("{role} {op:?} {place}: got {got:?}, allowed={want}"));
+                    failures.push(format!(
+                        "{role} {op:?} {place}: got {got:?}, allowed={want}"
+                    ));
                 }
             }
         }
@@ -72,5 +82,9 @@ async fn every_credential_can_do_exactly_what_its_role_needs() {
             worker.delete(&key).await.unwrap();
         }
     }
-    assert!(failures.is_empty(), "permission matrix broken:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "permission matrix broken:\n{}",
+        failures.join("\n")
+    );
 }

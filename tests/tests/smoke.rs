@@ -25,7 +25,11 @@ async fn app_worker_and_export_start_and_answer_readyz() {
     let worker = Service::start("kiroku-worker", &[], &o);
     let export = Service::start("kiroku-export", &[], &o);
 
-    for (name, port) in [("app", app_port), ("worker", worker_port), ("export", export_port)] {
+    for (name, port) in [
+        ("app", app_port),
+        ("worker", worker_port),
+        ("export", export_port),
+    ] {
         let body = wait_ready(&format!("http://127.0.0.1:{port}/readyz"), 30)
             .await
             .unwrap_or_else(|e| panic!("{name} not ready: {e}"));
@@ -42,8 +46,14 @@ async fn app_worker_and_export_start_and_answer_readyz() {
     assert_eq!(resp.status(), 200);
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(id.len(), 36, "a UUID request id: {id}");
-    let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_owned();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
 
     for svc in [app, worker, export] {
         let name = svc.name;
@@ -70,7 +80,10 @@ async fn doctor(overrides: &[(&str, String)]) -> (bool, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().await.unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -80,29 +93,48 @@ async fn doctor_passes_as_configured_and_fails_an_over_privileged_key() {
     let o = s3_overrides(&db);
     let (ok, out) = doctor(&o).await;
     assert!(ok, "doctor failed on the designed setup:\n{out}");
-    assert!(out.contains("app S3 key: has exactly its permissions"), "{out}");
+    assert!(
+        out.contains("app S3 key: has exactly its permissions"),
+        "{out}"
+    );
 
     // Hand the app the worker's key: it can read and list, and doctor says so.
     let mut bad = o.clone();
-    bad.push(("KIROKU_APP_S3_ACCESS_KEY_ID", env.get("KIROKU_WORKER_S3_ACCESS_KEY_ID").unwrap().into()));
+    bad.push((
+        "KIROKU_APP_S3_ACCESS_KEY_ID",
+        env.get("KIROKU_WORKER_S3_ACCESS_KEY_ID").unwrap().into(),
+    ));
     bad.push((
         "KIROKU_APP_S3_SECRET_ACCESS_KEY",
-        env.get("KIROKU_WORKER_S3_SECRET_ACCESS_KEY").unwrap().into(),
+        env.get("KIROKU_WORKER_S3_SECRET_ACCESS_KEY")
+            .unwrap()
+            .into(),
     ));
     let (ok, out) = doctor(&bad).await;
     assert!(!ok, "doctor accepted an over-privileged app key:\n{out}");
-    assert!(out.contains("FAIL app S3 key: can read under ingest/"), "{out}");
+    assert!(
+        out.contains("FAIL app S3 key: can read under ingest/"),
+        "{out}"
+    );
     assert!(out.contains("FAIL app S3 key: can list ingest/"), "{out}");
 
     // And an export key that can write.
     let mut bad = o.clone();
-    bad.push(("KIROKU_EXPORT_S3_ACCESS_KEY_ID", env.get("KIROKU_WORKER_S3_ACCESS_KEY_ID").unwrap().into()));
+    bad.push((
+        "KIROKU_EXPORT_S3_ACCESS_KEY_ID",
+        env.get("KIROKU_WORKER_S3_ACCESS_KEY_ID").unwrap().into(),
+    ));
     bad.push((
         "KIROKU_EXPORT_S3_SECRET_ACCESS_KEY",
-        env.get("KIROKU_WORKER_S3_SECRET_ACCESS_KEY").unwrap().into(),
+        env.get("KIROKU_WORKER_S3_SECRET_ACCESS_KEY")
+            .unwrap()
+            .into(),
     ));
     let (ok, out) = doctor(&bad).await;
     assert!(!ok);
-    assert!(out.contains("FAIL export S3 key: can write under final/v1/"), "{out}");
+    assert!(
+        out.contains("FAIL export S3 key: can write under final/v1/"),
+        "{out}"
+    );
     db.drop_db(&env).await;
 }

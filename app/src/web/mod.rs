@@ -58,7 +58,9 @@ pub fn router(state: AppState) -> Router {
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
         .with_secure(cfg.secure_cookies())
-        .with_expiry(Expiry::OnInactivity(time::Duration::hours(cfg.session_hours)));
+        .with_expiry(Expiry::OnInactivity(time::Duration::hours(
+            cfg.session_hours,
+        )));
     let api = crate::auth::routes().layer(DefaultBodyLimit::max(64 * 1024));
     let app = Router::new()
         .merge(pages::routes())
@@ -68,7 +70,10 @@ pub fn router(state: AppState) -> Router {
         .nest_service("/static", ServeDir::new(static_dir()))
         .with_state(state)
         .layer(sessions)
-        .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, csp))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            csp,
+        ))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -91,16 +96,41 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let queue = s.queue.clone();
     let ingest = s.ingest.clone();
     kiroku_runtime::http::readiness(vec![
-        ("database", Box::pin(async move {
-            sqlx::query("SELECT 1").execute(&db).await.map(drop).map_err(|e| e.to_string())
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>),
-        ("session redis", Box::pin(async move {
-            sessions.ping::<String>(None).await.map(drop).map_err(|e| e.to_string())
-        })),
-        ("queue redis", Box::pin(async move {
-            queue.ping::<String>(None).await.map(drop).map_err(|e| e.to_string())
-        })),
-        ("storage", Box::pin(async move { ingest.ping().await.map_err(|e| e.to_string()) })),
+        (
+            "database",
+            Box::pin(async move {
+                sqlx::query("SELECT 1")
+                    .execute(&db)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>,
+        ),
+        (
+            "session redis",
+            Box::pin(async move {
+                sessions
+                    .ping::<String>(None)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+        ),
+        (
+            "queue redis",
+            Box::pin(async move {
+                queue
+                    .ping::<String>(None)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+        ),
+        (
+            "storage",
+            Box::pin(async move { ingest.ping().await.map_err(|e| e.to_string()) }),
+        ),
     ])
     .await
 }

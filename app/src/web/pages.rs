@@ -45,9 +45,12 @@ async fn ctx(headers: &HeaderMap, session: &Session) -> Result<Ctx, AppError> {
 }
 
 pub(crate) fn render(t: impl Template) -> Result<Response, AppError> {
-    let html = t.render().map_err(|e| AppError::Internal(format!("template: {e}")))?;
+    let html = t
+        .render()
+        .map_err(|e| AppError::Internal(format!("template: {e}")))?;
     let mut resp = Html(html).into_response();
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }
 
@@ -66,7 +69,9 @@ struct LoginPage {
 }
 
 async fn login(headers: HeaderMap, session: Session) -> Result<Response, AppError> {
-    render(LoginPage { ctx: ctx(&headers, &session).await? })
+    render(LoginPage {
+        ctx: ctx(&headers, &session).await?,
+    })
 }
 
 #[derive(Template)]
@@ -91,7 +96,13 @@ async fn setup(
         None => return Ok(Redirect::to("/login").into_response()),
     };
     let k = s.config.kdf_default;
-    render(SetupPage { ctx, user_id, m_kib: k.m_kib, t_cost: k.t, p: k.p })
+    render(SetupPage {
+        ctx,
+        user_id,
+        m_kib: k.m_kib,
+        t_cost: k.t,
+        p: k.p,
+    })
 }
 
 /// A project as the list shows it.
@@ -109,11 +120,11 @@ struct ProjectsPage {
 }
 
 /// Signed-in, fully set-up user, or where to send the browser instead.
-fn require_ready(ctx: &Ctx) -> Result<&SessionUser, Response> {
+fn require_ready(ctx: &Ctx) -> Result<&SessionUser, Redirect> {
     match &ctx.user {
-        Some(u) if u.setup_only => Err(Redirect::to("/setup").into_response()),
+        Some(u) if u.setup_only => Err(Redirect::to("/setup")),
         Some(u) => Ok(u),
-        None => Err(Redirect::to("/login").into_response()),
+        None => Err(Redirect::to("/login")),
     }
 }
 
@@ -125,7 +136,7 @@ async fn projects(
     let ctx = ctx(&headers, &session).await?;
     let user = match require_ready(&ctx) {
         Ok(u) => u.clone(),
-        Err(redirect) => return Ok(redirect),
+        Err(redirect) => return Ok(redirect.into_response()),
     };
     let rows: Vec<(String, String, time::OffsetDateTime)> = sqlx::query_as(
         "SELECT title, status, created_at FROM projects WHERE user_id = $1
@@ -136,7 +147,11 @@ async fn projects(
     .await?;
     let projects = rows
         .into_iter()
-        .map(|(title, status, created)| ProjectRow { title, status, created: created.date().to_string() })
+        .map(|(title, status, created)| ProjectRow {
+            title,
+            status,
+            created: created.date().to_string(),
+        })
         .collect();
     render(ProjectsPage { ctx, projects })
 }
@@ -150,7 +165,7 @@ struct PasswordPage {
 async fn password(headers: HeaderMap, session: Session) -> Result<Response, AppError> {
     let ctx = ctx(&headers, &session).await?;
     if let Err(redirect) = require_ready(&ctx) {
-        return Ok(redirect);
+        return Ok(redirect.into_response());
     }
     render(PasswordPage { ctx })
 }
@@ -173,7 +188,10 @@ async fn logout(session: Session, Form(form): Form<CsrfForm>) -> Result<Redirect
 
 async fn set_lang(Path(code): Path<String>) -> Response {
     let lang = Lang::parse(&code).unwrap_or(Lang::Es);
-    let cookie = format!("lang={}; Path=/; Max-Age=31536000; SameSite=Lax", lang.code());
+    let cookie = format!(
+        "lang={}; Path=/; Max-Age=31536000; SameSite=Lax",
+        lang.code()
+    );
     let mut resp = Redirect::to("/").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
