@@ -27,6 +27,18 @@ pub struct AppConfig {
     pub login_window_secs: i64,
     /// Prefix of the app's own Redis keys (rate limits), so deployments can share a server.
     pub redis_prefix: String,
+    pub limits: Limits,
+}
+
+/// Recording limits, each with a clear message when reached.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_chunk_bytes: usize,
+    pub max_photo_bytes: usize,
+    pub max_recording_secs: i64,
+    pub max_concurrent_recordings: i64,
+    /// A recording socket that sends nothing for this long is closed.
+    pub ws_idle_secs: u64,
 }
 
 /// The ring the app signs export tokens with, and which kid it uses.
@@ -103,6 +115,13 @@ impl AppConfig {
             session_hours: env.parse_or("KIROKU_SESSION_HOURS", 12)?,
             login_window_secs: env.parse_or("KIROKU_LOGIN_WINDOW_SECS", 900)?,
             redis_prefix: env.or("KIROKU_REDIS_PREFIX", "kiroku"),
+            limits: Limits {
+                max_chunk_bytes: env.parse_or("KIROKU_MAX_CHUNK_BYTES", 4 * 1024 * 1024)?,
+                max_photo_bytes: env.parse_or("KIROKU_MAX_PHOTO_BYTES", 20 * 1024 * 1024)?,
+                max_recording_secs: env.parse_or::<i64>("KIROKU_MAX_RECORDING_MINUTES", 180)? * 60,
+                max_concurrent_recordings: env.parse_or("KIROKU_MAX_CONCURRENT_RECORDINGS", 2)?,
+                ws_idle_secs: env.parse_or("KIROKU_WS_IDLE_SECS", 60)?,
+            },
         })
     }
 

@@ -80,20 +80,25 @@ impl TestDb {
         db
     }
 
-    /// Drops the database (connections must be closed first).
+    /// Drops the database, waiting for connections that are still closing
+    /// (sockets of a stopped server can outlive it by a moment).
     pub async fn drop_db(self, env: &Env) {
         use sqlx::Connection;
         let owner = env.get("KIROKU_MIGRATE_DATABASE_URL").unwrap();
         let mut conn = sqlx::PgConnection::connect(owner)
             .await
             .expect("connect as owner");
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        for _ in 0..50 {
+            let sql = format!("DROP DATABASE IF EXISTS {}", self.name);
+            if sqlx::query(&sql).execute(&mut conn).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "warning: test database {} is still in use; left behind",
             self.name
-        ))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+        );
     }
 }
 
@@ -414,4 +419,35 @@ pub fn meta_csrf(html: &str) -> Option<String> {
     let i = html.find("name=\"csrf-token\" content=\"")? + "name=\"csrf-token\" content=\"".len();
     let j = html[i..].find('"')?;
     Some(html[i..i + j].to_owned())
+}
+
+impl TestApp {
+    /// A user who has completed key setup, signed in in a fresh browser.
+    pub async fn ready_browser(
+        &self,
+        name: &str,
+    ) -> (Browser, String, kiroku_crypto::userkey::KeyPair) {
+        let temp = self.add_user(name).await;
+        let mut b = self.browser();
+        b.open_login().await;
+        let (status, answer) = b.login(name, &temp).await;
+        assert_eq!(status, 200, "{answer}");
+        let user_id = answer["user_id"].as_str().unwrap().to_owned();
+        let (status, pair) = b
+            .setup(
+                &user_id,
+                "a performer's long password",
+                kiroku_crypto::kdf::KdfParams::FLOOR,
+            )
+            .await;
+        assert_eq!(status, 200);
+        (b, user_id, pair)
+    }
+}
+
+/// Where the test fixtures (speech recordings, photos) live.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }

@@ -62,9 +62,11 @@ pub fn router(state: AppState) -> Router {
             cfg.session_hours,
         )));
     let api = crate::auth::routes().layer(DefaultBodyLimit::max(64 * 1024));
+    let recording = crate::recording::routes(cfg.limits.max_photo_bytes);
     let app = Router::new()
         .merge(pages::routes())
         .merge(api)
+        .merge(recording)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .nest_service("/static", ServeDir::new(static_dir()))
