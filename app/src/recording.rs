@@ -512,7 +512,8 @@ async fn stop(
         kind: JobKind::Prepare,
         project_id: req.project_id,
     };
-    if let Err(e) = kiroku_jobs::enqueue(&s.queue, &job).await {
+    let stream = kiroku_jobs::stream_for(&s.config.redis_prefix);
+    if let Err(e) = kiroku_jobs::enqueue_to(&s.queue, &stream, &job).await {
         // Put the project back so the island's retry of `stop` can succeed.
         sqlx::query("UPDATE projects SET status = 'recording', stopped_at = NULL WHERE id = $1")
             .bind(req.project_id)

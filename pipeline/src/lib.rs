@@ -2,7 +2,10 @@
 //!
 //! The worker process holds the worker database role, the queue Redis and
 //! the worker storage credential (every area). It answers `/healthz` and
-//! `/readyz` on its own small HTTP listener for the operator's probes.
+//! `/readyz` on its own small HTTP listener for the operator's probes, and
+//! consumes the job queue ([`queue`]) next to it.
+
+pub mod queue;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,15 +15,19 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use kiroku_jobs::JobKind;
 use kiroku_runtime::{ConfigError, Env};
 use kiroku_storage::{Role, StorageConfig, Store, WorkerStore};
 use sqlx::PgPool;
+
+use crate::queue::{Delivery, Handlers, Queue, QueueConfig};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub listen: SocketAddr,
     pub database_url: String,
     pub queue_redis_url: String,
+    pub queue: QueueConfig,
     pub storage: StorageConfig,
 }
 
@@ -38,6 +45,7 @@ impl WorkerConfig {
                 "postgres://kiroku_worker@127.0.0.1:5432/kiroku",
             ),
             queue_redis_url: env.or("KIROKU_QUEUE_REDIS_URL", "redis://127.0.0.1:6379/1"),
+            queue: QueueConfig::from_env(env)?,
             storage,
         })
     }
@@ -59,9 +67,19 @@ pub async fn connect(config: WorkerConfig) -> anyhow::Result<WorkerState> {
         .connect(&config.database_url)
         .await
         .context("cannot connect to PostgreSQL (KIROKU_WORKER_DATABASE_URL)")?;
+    // The worker lives for days: it reconnects after a Redis restart
+    // instead of failing every command from then on, and no command waits
+    // forever (the blocking reads block for seconds, not minutes).
     let queue = Builder::from_config(
         Config::from_url(&config.queue_redis_url).context("KIROKU_QUEUE_REDIS_URL is invalid")?,
     )
+    .with_connection_config(|c| {
+        c.connection_timeout = std::time::Duration::from_secs(5);
+    })
+    .with_performance_config(|p| {
+        p.default_command_timeout = std::time::Duration::from_secs(30);
+    })
+    .set_policy(ReconnectPolicy::new_exponential(0, 100, 10_000, 2))
     .build()?;
     queue
         .init()
@@ -117,17 +135,45 @@ async fn readyz(State(s): State<WorkerState>) -> impl IntoResponse {
     kiroku_runtime::http::readiness(checks).await
 }
 
-/// Runs the worker until SIGINT/SIGTERM.
+/// The handler of each job kind this worker runs (see the limitation in
+/// [`run`]).
+pub fn handlers() -> Handlers {
+    Handlers::new().on(JobKind::Prepare, |d: Delivery| async move {
+        tracing::warn!(project_id = %d.job.project_id, "prepare job received; not implemented yet");
+        // Failing keeps the job: after its retries it waits in the
+        // dead-letter stream, from where it can be replayed once the
+        // pipeline exists, instead of being consumed for nothing.
+        Err(anyhow::anyhow!(
+            "the processing pipeline is not implemented yet"
+        ))
+    })
+}
+
+/// Runs the worker until SIGINT/SIGTERM: the health endpoint and the job
+/// consumer side by side. On a signal the endpoint stops first, then the
+/// consumer stops taking jobs and finishes those in progress.
 pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let listen = config.listen;
+    let queue_config = config.queue.clone();
     let state = connect(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (KIROKU_WORKER_LISTEN)"))?;
     tracing::info!(address = %listen, "worker health endpoint listening");
-    // LIMITATION: no job kinds are consumed yet; the Redis Streams queue and
-    // the pipeline jobs are issue 5. The process already holds every
-    // connection they need and reports on them.
-    kiroku_runtime::http::serve(listener, health_router(state)).await?;
+    // LIMITATION: the job bodies are not written yet (issue 5). The queue
+    // delivers, retries and dead-letters jobs, but the only handler is a
+    // placeholder for `prepare` that fails, so the job ends in the
+    // dead-letter stream (replayable) and the project stays `queued`.
+    // Assembly, transcription, rendering, sealing and the cleanup of
+    // discarded recordings are all missing.
+    let queue = Queue::new(&state.queue, queue_config, handlers())
+        .await
+        .context("cannot join the job queue (KIROKU_QUEUE_REDIS_URL)")?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let consumer = tokio::spawn(queue.run(stop.clone().cancelled_owned()));
+    let served = kiroku_runtime::http::serve(listener, health_router(state)).await;
+    stop.cancel();
+    consumer.await.context("the job consumer failed")?;
+    served?;
     Ok(())
 }

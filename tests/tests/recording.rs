@@ -135,7 +135,12 @@ async fn chunks_are_acknowledged_once_stored_and_stop_queues_processing() {
         .unwrap();
     use fred::interfaces::StreamsInterface;
     let entries: Vec<(String, Vec<(String, String)>)> = queue
-        .xrevrange(kiroku_jobs::STREAM, "+", "-", Some(200))
+        .xrevrange(
+            kiroku_jobs::stream_for(&app.config.redis_prefix),
+            "+",
+            "-",
+            Some(200),
+        )
         .await
         .unwrap();
     let job = entries

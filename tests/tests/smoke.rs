@@ -9,6 +9,10 @@ fn s3_overrides(db: &TestDb) -> Vec<(&'static str, String)> {
         ("KIROKU_APP_DATABASE_URL", db.app_url.clone()),
         ("KIROKU_WORKER_DATABASE_URL", db.worker_url.clone()),
         ("KIROKU_LOG", "warn".into()),
+        (
+            "KIROKU_REDIS_PREFIX",
+            format!("kiroku-smoke-{}", kiroku_tests::unique()),
+        ),
     ]
 }
 
