@@ -10,8 +10,12 @@ mod components;
 mod dom;
 mod flows;
 mod i18n;
+mod idb;
 mod keystore;
+mod media;
+mod recorder;
 mod strength;
+mod uploader;
 mod webcrypto;
 
 use wasm_bindgen::prelude::*;
@@ -54,6 +58,9 @@ fn mount(el: Element) {
         }
         Some("session") => {
             yew::Renderer::<SessionKey>::with_root(el).render();
+        }
+        Some("recorder") => {
+            yew::Renderer::<recorder::Recorder>::with_root(el).render();
         }
         Some("logout") => Logout::attach(el),
         _ => {}

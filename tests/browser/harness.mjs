@@ -1,9 +1,9 @@
 // Shared set-up for the browser tests: a fresh database, the real app
 // binary on a free port, and Debian's Chromium driven by playwright-core.
 // Run through `just test`, which loads .data/kiroku.env.
-import { spawn, execFileSync } from "node:child_process";
+import { spawn, spawnSync, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { chromium } from "playwright-core";
@@ -81,11 +81,42 @@ export async function startApp(extraEnv = {}) {
   };
 }
 
-export async function launch() {
+export const fixtures = path.join(root, "tests", "fixtures");
+
+/** A fake camera: the fixture photos, twenty seconds each (Y4M at 2 fps). */
+export function fakeCamera() {
+  mkdirSync(artifacts, { recursive: true });
+  const out = path.join(artifacts, "camera.y4m");
+  if (!existsSync(out)) {
+    const photos = ["astronaut.jpg", "rocket.jpg", "coffee.jpg"].map((p) => path.join(fixtures, "photos", p));
+    execFileSync("ffmpeg", [
+      "-v", "error", "-y",
+      ...photos.flatMap((p) => ["-loop", "1", "-t", "20", "-i", p]),
+      "-filter_complex",
+      "[0]scale=640:480,setsar=1[a];[1]scale=640:480,setsar=1[b];[2]scale=640:480,setsar=1[c];[a][b][c]concat=n=3:v=1:a=0,fps=2,format=yuv420p",
+      out,
+    ]);
+  }
+  return out;
+}
+
+/** Chromium with a fake microphone (a fixture WAV) and camera. */
+export async function launchWithMedia(wav) {
+  return await launch([
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    `--use-file-for-fake-audio-capture=${wav}`,
+    `--use-file-for-fake-video-capture=${fakeCamera()}`,
+    "--autoplay-policy=no-user-gesture-required",
+  ]);
+}
+
+export async function launch(extra = []) {
   mkdirSync(artifacts, { recursive: true });
   return await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: [
+      ...extra,
       "--no-sandbox",
       "--disable-gpu",
       "--disable-quic",
@@ -114,4 +145,38 @@ export function recordRequests(page) {
 
 export async function shot(page, name) {
   await page.screenshot({ path: path.join(artifacts, `${name}.png`), fullPage: true });
+}
+
+export async function signIn(page, base, username, password) {
+  await page.goto(`${base}/login`);
+  await page.waitForSelector("html[data-island-ready] #login-form");
+  await page.fill("#username", username);
+  await page.fill("#password", password);
+  await page.click("#login-form button[type=submit]");
+}
+
+/** Creates a user and takes them through first sign-in and key setup. */
+export async function setUpUser(page, app, name, password) {
+  const temp = app.addUser(name);
+  await signIn(page, app.base, name, temp);
+  await page.waitForURL(/\/setup$/);
+  await page.waitForSelector("#setup-form");
+  await page.fill("#password", password);
+  await page.fill("#repeat", password);
+  await page.click("#setup-form button[type=submit]");
+  await page.waitForURL(/\/projects$/, { timeout: 60_000 });
+  return temp;
+}
+
+/** Decoded duration of a media file, in seconds (ffmpeg decodes it all). */
+export function decodedSeconds(file) {
+  const r = spawnSync("ffmpeg", ["-v", "info", "-stats", "-i", file, "-f", "null", "-"], { encoding: "utf8" });
+  const times = [...r.stderr.matchAll(/time=(\d+):(\d+):(\d+(?:\.\d+)?)/g)];
+  if (!times.length) throw new Error(`ffmpeg could not decode ${file}: ${r.stderr.slice(-500)}`);
+  const [, h, m, sec] = times[times.length - 1];
+  return Number(h) * 3600 + Number(m) * 60 + Number(sec);
+}
+
+export function psql(env, sql) {
+  return execFileSync("psql", [env.KIROKU_MIGRATE_DATABASE_URL, "-At", "-c", sql]).toString().trim();
 }

@@ -22,6 +22,7 @@ pub fn routes() -> Router<AppState> {
         .route("/setup", get(setup))
         .route("/projects", get(projects))
         .route("/account/password", get(password))
+        .route("/record", get(record))
         .route("/logout", post(logout))
         .route("/lang/{code}", get(set_lang))
 }
@@ -197,4 +198,18 @@ async fn set_lang(Path(code): Path<String>) -> Response {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp
+}
+
+#[derive(Template)]
+#[template(path = "record.html")]
+struct RecordPage {
+    ctx: Ctx,
+}
+
+async fn record(headers: HeaderMap, session: Session) -> Result<Response, AppError> {
+    let ctx = ctx(&headers, &session).await?;
+    if let Err(redirect) = require_ready(&ctx) {
+        return Ok(redirect.into_response());
+    }
+    render(RecordPage { ctx })
 }

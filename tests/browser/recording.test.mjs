@@ -1,0 +1,91 @@
+// Recording on a phone-sized headless Chromium with a fake microphone fed
+// from the Spanish fixture and a fake camera showing the fixture photos.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import {
+  startApp, launchWithMedia, setUpUser, shot, decodedSeconds, psql, fixtures, artifacts,
+} from "./harness.mjs";
+
+let app;
+let browser;
+const storage = mkdtempSync(path.join(tmpdir(), "kiroku-rec-"));
+
+before(async () => {
+  app = await startApp({ KIROKU_STORAGE: "local", KIROKU_STORAGE_DIR: storage });
+  browser = await launchWithMedia(path.join(fixtures, "routine-es.wav"));
+});
+
+after(async () => {
+  await browser?.close();
+  await app?.stop();
+});
+
+const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function takePhoto(page, count) {
+  await page.click("#photo");
+  await page.waitForFunction((n) => document.querySelectorAll("#thumbs img").length >= n, count);
+}
+
+test("a minute of recording with a pause and three photos is stored whole and queued", async () => {
+  const context = await browser.newContext({ viewport: { width: 390, height: 844 }, locale: "es-ES" });
+  const page = await context.newPage();
+  await setUpUser(page, app, "lola", "la función empieza a las nueve");
+  await page.click("#new-recording");
+  await page.waitForSelector("html[data-island-ready] #record-form");
+  await page.fill("#title", "Rutina del espejo");
+  await page.fill("#participant", "Lola");
+  await page.selectOption("#language", "es");
+  await page.click("#record");
+  await page.waitForSelector("#clock");
+  await page.click("#camera-open");
+  await page.waitForFunction(() => document.querySelector("#camera").videoWidth > 0);
+
+  await wait(12_000);
+  await takePhoto(page, 1);
+  await wait(10_000);
+  await page.click("#pause");
+  await page.waitForSelector("#clock.paused");
+  const pausedAtMs = Number(await page.getAttribute("#clock", "data-ms"));
+  await takePhoto(page, 2);
+  await wait(4_000);
+  await page.click("#pause");
+  await wait(20_000);
+  await takePhoto(page, 3);
+  await shot(page, "recording");
+  await wait(16_000);
+
+  await page.click("#stop");
+  await page.waitForSelector("#stop-dialog");
+  const recordedMs = Number(await page.getAttribute("#clock", "data-ms"));
+  await page.click("#finish");
+  await page.waitForURL(/\/projects$/, { timeout: 60_000 });
+
+  const projectId = psql(app.env, "SELECT id FROM projects WHERE title = 'Rutina del espejo'");
+  assert.equal(psql(app.env, `SELECT status FROM projects WHERE id = '${projectId}'`), "queued");
+  const userId = psql(app.env, "SELECT id FROM users WHERE username = 'lola'");
+  const dir = path.join(storage, "ingest", userId, projectId);
+  const chunks = readdirSync(path.join(dir, "chunks")).sort();
+  assert.ok(chunks.length >= 6, `only ${chunks.length} chunks`);
+  assert.equal(Number(psql(app.env, `SELECT last_seq FROM projects WHERE id = '${projectId}'`)), chunks.length - 1);
+  const joined = path.join(artifacts, "recording.webm");
+  writeFileSync(joined, Buffer.concat(chunks.map((c) => readFileSync(path.join(dir, "chunks", c)))));
+  const seconds = decodedSeconds(joined);
+  assert.ok(Math.abs(seconds - recordedMs / 1000) <= 1.0, `decoded ${seconds} s, recorded ${recordedMs} ms`);
+  assert.ok(recordedMs > 55_000, `recorded only ${recordedMs} ms`);
+
+  const photos = readdirSync(path.join(dir, "photos"));
+  assert.equal(photos.length, 3);
+  const offsets = psql(app.env, `SELECT offset_ms FROM photos WHERE project_id = '${projectId}' ORDER BY offset_ms`)
+    .split("\n").map(Number);
+  assert.equal(offsets.length, 3);
+  // The second photo was taken during the pause: its offset is where the
+  // pause began; the others fall before and after it, inside the recording.
+  assert.ok(offsets[0] > 10_000 && offsets[0] < pausedAtMs - 9_000, `${offsets} paused at ${pausedAtMs}`);
+  assert.ok(Math.abs(offsets[1] - pausedAtMs) < 500, `${offsets} paused at ${pausedAtMs}`);
+  assert.ok(offsets[2] > pausedAtMs + 19_000 && offsets[2] < recordedMs - 10_000, `${offsets}`);
+  await context.close();
+});
