@@ -6,8 +6,9 @@ import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import {
-  startApp, launchWithMedia, setUpUser, shot, decodedSeconds, psql, fixtures, artifacts,
+  startApp, launchWithMedia, setUpUser, shot, decodedSeconds, psql, fixtures, artifacts, freePort,
 } from "./harness.mjs";
+import { cuttingProxy } from "./cutting-proxy.mjs";
 
 let app;
 let browser;
@@ -88,4 +89,51 @@ test("a minute of recording with a pause and three photos is stored whole and qu
   assert.ok(Math.abs(offsets[1] - pausedAtMs) < 500, `${offsets} paused at ${pausedAtMs}`);
   assert.ok(offsets[2] > pausedAtMs + 19_000 && offsets[2] < recordedMs - 10_000, `${offsets}`);
   await context.close();
+});
+
+test("with the connection cut after every two chunks, no chunk is lost", async () => {
+  const proxyPort = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), "kiroku-cut-"));
+  const flaky = await startApp({
+    KIROKU_STORAGE: "local",
+    KIROKU_STORAGE_DIR: dir,
+    KIROKU_PUBLIC_URL: `http://127.0.0.1:${proxyPort}`,
+  });
+  const proxy = await cuttingProxy(proxyPort, Number(new URL(flaky.base).port), 2);
+  const base = `http://127.0.0.1:${proxyPort}`;
+  try {
+    const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
+    const page = await context.newPage();
+    await setUpUser(page, { ...flaky, base }, "nico", "se cae la conexión a cada rato");
+    await page.goto(`${base}/record`);
+    await page.waitForSelector("html[data-island-ready] #record-form");
+    await page.fill("#title", "Entre bambalinas");
+    await page.click("#record");
+    await page.waitForSelector("#clock");
+    await wait(52_000);
+    await page.click("#stop");
+    await page.waitForSelector("#stop-dialog");
+    const recordedMs = Number(await page.getAttribute("#clock", "data-ms"));
+    await page.click("#finish");
+    await page.waitForURL(/\/projects$/, { timeout: 90_000 });
+
+    assert.ok(proxy.stats.cuts >= 2, `only ${proxy.stats.cuts} cuts`);
+    assert.ok(proxy.stats.sockets >= 3, `only ${proxy.stats.sockets} connections`);
+    const projectId = psql(flaky.env, "SELECT id FROM projects WHERE title = 'Entre bambalinas'");
+    assert.equal(psql(flaky.env, `SELECT status FROM projects WHERE id = '${projectId}'`), "queued");
+    const lastSeq = Number(psql(flaky.env, `SELECT last_seq FROM projects WHERE id = '${projectId}'`));
+    const stored = Number(psql(flaky.env, `SELECT count(*) FROM chunks WHERE project_id = '${projectId}'`));
+    assert.equal(stored, lastSeq + 1, "a chunk is missing");
+    const userId = psql(flaky.env, "SELECT id FROM users WHERE username = 'nico'");
+    const chunkDir = path.join(dir, "ingest", userId, projectId, "chunks");
+    const joined = path.join(artifacts, "recording-cut.webm");
+    const files = readdirSync(chunkDir).sort();
+    writeFileSync(joined, Buffer.concat(files.map((c) => readFileSync(path.join(chunkDir, c)))));
+    const seconds = decodedSeconds(joined);
+    assert.ok(Math.abs(seconds - recordedMs / 1000) <= 1.0, `decoded ${seconds} s, recorded ${recordedMs} ms`);
+    await context.close();
+  } finally {
+    await proxy.close();
+    await flaky.stop();
+  }
 });
