@@ -78,6 +78,29 @@ impl Lang {
     }
 }
 
+impl Texts {
+    /// A project status in words.
+    pub fn status(&self, code: &str) -> &'static str {
+        let es = std::ptr::eq(self, &ES);
+        match (code, es) {
+            ("recording", true) => "grabando",
+            ("recording", false) => "recording",
+            ("queued", true) => "en cola",
+            ("queued", false) => "queued",
+            ("processing", true) => "procesando",
+            ("processing", false) => "processing",
+            ("ready", true) => "listo",
+            ("ready", false) => "ready",
+            ("failed", true) => "falló",
+            ("failed", false) => "failed",
+            ("discarded", true) => "descartado",
+            ("discarded", false) => "discarded",
+            (_, true) => "borrando",
+            (_, false) => "deleting",
+        }
+    }
+}
+
 /// Every string a page shows.
 pub struct Texts {
     pub tagline: &'static str,
@@ -86,6 +109,15 @@ pub struct Texts {
     pub needs_island: &'static str,
     pub zero_knowledge: &'static str,
     pub new_recording: &'static str,
+    pub col_duration: &'static str,
+    pub col_photos: &'static str,
+    pub participant: &'static str,
+    pub created: &'static str,
+    pub script: &'static str,
+    pub no_artifacts: &'static str,
+    pub rename: &'static str,
+    pub delete: &'static str,
+    pub back: &'static str,
     pub setup_title: &'static str,
     pub setup_intro: &'static str,
     pub projects_title: &'static str,
@@ -104,6 +136,15 @@ pub static ES: Texts = Texts {
     login_title: "Entrar",
     needs_island: "Esta página necesita WebAssembly y JavaScript para proteger tus claves.",
     new_recording: "Nueva grabación",
+    col_duration: "Duración",
+    col_photos: "Fotos",
+    participant: "Participante",
+    created: "Creado",
+    script: "Guion",
+    no_artifacts: "El guion aparecerá aquí cuando termine el procesamiento.",
+    rename: "Cambiar nombre",
+    delete: "Borrar proyecto",
+    back: "Volver a tus proyectos",
     zero_knowledge: "Tu contraseña nunca sale de este navegador: solo él puede abrir tus guiones.",
     setup_title: "Crea tu contraseña",
     setup_intro: "Tu contraseña protege la clave que abre tus guiones. Kiroku no la guarda ni la ve: si la olvidas, nadie podrá recuperar tus guiones, tampoco quien administra el servidor. Elige una que recuerdes y guárdala en un lugar seguro.",
@@ -123,6 +164,15 @@ pub static EN: Texts = Texts {
     login_title: "Sign in",
     needs_island: "This page needs WebAssembly and JavaScript to protect your keys.",
     new_recording: "New recording",
+    col_duration: "Duration",
+    col_photos: "Photos",
+    participant: "Participant",
+    created: "Created",
+    script: "Script",
+    no_artifacts: "The script will appear here when processing finishes.",
+    rename: "Rename",
+    delete: "Delete project",
+    back: "Back to your projects",
     zero_knowledge: "Your password never leaves this browser: only it can open your scripts.",
     setup_title: "Choose your password",
     setup_intro: "Your password protects the key that opens your scripts. Kiroku never stores or sees it: if you forget it, nobody can recover your scripts, not even whoever runs the server. Choose one you will remember and keep it somewhere safe.",

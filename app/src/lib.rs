@@ -9,6 +9,7 @@ pub mod db;
 pub mod doctor;
 pub mod error;
 pub mod i18n;
+pub mod projects;
 pub mod recording;
 pub mod session;
 pub mod users;

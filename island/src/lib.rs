@@ -6,6 +6,7 @@
 //! password, the keys derived from it and the user's private key.
 
 mod api;
+mod bench;
 mod components;
 mod dom;
 mod flows;
@@ -13,6 +14,7 @@ mod i18n;
 mod idb;
 mod keystore;
 mod media;
+mod reader;
 mod recorder;
 mod strength;
 mod uploader;
@@ -61,6 +63,16 @@ fn mount(el: Element) {
         }
         Some("recorder") => {
             yew::Renderer::<recorder::Recorder>::with_root(el).render();
+        }
+        Some("reader") => {
+            yew::Renderer::<reader::Reader>::with_root(el).render();
+        }
+        Some("project-actions") => {
+            let props = reader::ActionsProps {
+                project: el.get_attribute("data-project").unwrap_or_default(),
+                title: el.get_attribute("data-title").unwrap_or_default(),
+            };
+            yew::Renderer::<reader::ProjectActions>::with_root_and_props(el, props).render();
         }
         Some("logout") => Logout::attach(el),
         _ => {}

@@ -73,3 +73,47 @@ pub async fn import_private(pkcs8: &[u8]) -> Result<CryptoKey, JsValue> {
     .await?;
     Ok(key.unchecked_into())
 }
+
+/// RSA-OAEP-SHA256 decryption with a held key (an artifact's data key).
+pub async fn oaep_decrypt(key: &CryptoKey, data: &[u8]) -> Result<Zeroizing<Vec<u8>>, JsValue> {
+    let s = subtle()?;
+    let out = bytes_of(s.decrypt_with_object_and_u8_array(&rsa_oaep(false)?, key, data)?).await?;
+    Ok(Zeroizing::new(out))
+}
+
+/// AES-256-GCM decryption (`data` is ciphertext followed by the tag).
+/// Returns the plaintext as a JS `ArrayBuffer`, so large files need not be
+/// copied back into wasm memory.
+pub async fn aes_gcm_open(
+    key: &[u8],
+    iv: &[u8],
+    aad: &[u8],
+    data: &[u8],
+) -> Result<JsValue, JsValue> {
+    let s = subtle()?;
+    let algo = Object::new();
+    set(&algo, "name", &"AES-GCM".into())?;
+    let raw = Uint8Array::from(key);
+    let key: CryptoKey = JsFuture::from(s.import_key_with_object(
+        "raw",
+        &raw,
+        &algo,
+        false,
+        &usages(&["decrypt"]),
+    )?)
+    .await?
+    .unchecked_into();
+    let params = Object::new();
+    set(&params, "name", &"AES-GCM".into())?;
+    set(&params, "iv", &Uint8Array::from(iv))?;
+    set(&params, "additionalData", &Uint8Array::from(aad))?;
+    let input = Uint8Array::from(data);
+    JsFuture::from(s.decrypt_with_object_and_buffer_source(&params, &key, &input)?).await
+}
+
+/// SHA-256 of `data`.
+pub async fn sha256(data: &[u8]) -> Result<Vec<u8>, JsValue> {
+    let s = subtle()?;
+    let input = Uint8Array::from(data);
+    bytes_of(s.digest_with_str_and_buffer_source("SHA-256", &input)?).await
+}

@@ -26,22 +26,27 @@ pub const MAX_ATTEMPT: u32 = 1000;
 pub enum JobKind {
     /// Assemble a stopped recording's chunks and start processing it.
     Prepare,
+    /// Delete a project the performer deleted: its stored objects in every
+    /// area and the rows only workers may remove.
+    DeleteProject,
 }
 
 impl JobKind {
     /// Every kind, so that per-kind settings can be checked against the
     /// closed list.
-    pub const ALL: &'static [JobKind] = &[JobKind::Prepare];
+    pub const ALL: &'static [JobKind] = &[JobKind::Prepare, JobKind::DeleteProject];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Prepare => "prepare",
+            JobKind::DeleteProject => "delete_project",
         }
     }
 
     pub fn parse(s: &str) -> Option<JobKind> {
         match s {
             "prepare" => Some(JobKind::Prepare),
+            "delete_project" => Some(JobKind::DeleteProject),
             _ => None,
         }
     }

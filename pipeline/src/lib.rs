@@ -5,6 +5,7 @@
 //! `/readyz` on its own small HTTP listener for the operator's probes, and
 //! consumes the job queue ([`queue`]) next to it.
 
+pub mod cleanup;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -137,8 +138,14 @@ async fn readyz(State(s): State<WorkerState>) -> impl IntoResponse {
 
 /// The handler of each job kind this worker runs (see the limitation in
 /// [`run`]).
-pub fn handlers() -> Handlers {
-    Handlers::new().on(JobKind::Prepare, |d: Delivery| async move {
+pub fn handlers(state: WorkerState) -> Handlers {
+    let deleting = state.clone();
+    Handlers::new()
+        .on(JobKind::DeleteProject, move |d: Delivery| {
+            let state = deleting.clone();
+            async move { cleanup::delete_project(&state, d.job.project_id).await }
+        })
+        .on(JobKind::Prepare, |d: Delivery| async move {
         tracing::warn!(project_id = %d.job.project_id, "prepare job received; not implemented yet");
         // Failing keeps the job: after its retries it waits in the
         // dead-letter stream, from where it can be replayed once the
@@ -166,7 +173,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     // dead-letter stream (replayable) and the project stays `queued`.
     // Assembly, transcription, rendering, sealing and the cleanup of
     // discarded recordings are all missing.
-    let queue = Queue::new(&state.queue, queue_config, handlers())
+    let queue = Queue::new(&state.queue, queue_config, handlers(state.clone()))
         .await
         .context("cannot join the job queue (KIROKU_QUEUE_REDIS_URL)")?;
     let stop = tokio_util::sync::CancellationToken::new();

@@ -180,3 +180,45 @@ export function decodedSeconds(file) {
 export function psql(env, sql) {
   return execFileSync("psql", [env.KIROKU_MIGRATE_DATABASE_URL, "-At", "-c", sql]).toString().trim();
 }
+
+/** Starts `kiroku-export` on `port` with the app's configuration. */
+export async function startExport(appEnv, port) {
+  const env = { ...appEnv, KIROKU_EXPORT_LISTEN: `127.0.0.1:${port}` };
+  const logs = [];
+  const child = spawn(bin("kiroku-export"), [], { env, cwd: root });
+  child.stdout.on("data", (d) => logs.push(d.toString()));
+  child.stderr.on("data", (d) => logs.push(d.toString()));
+  const base = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 150; i++) {
+    try {
+      if ((await fetch(`${base}/readyz`)).status === 200) break;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return {
+    base,
+    logs,
+    async stop() {
+      child.kill("SIGTERM");
+      await new Promise((r) => child.once("exit", r));
+    },
+  };
+}
+
+/**
+ * Seals `plaintext` for the holder of `spki` exactly as CRYPTO.md §4 says,
+ * with Node's WebCrypto (an implementation none of us wrote).
+ */
+export async function seal(spki, artifactId, kind, plaintext) {
+  const { subtle } = globalThis.crypto;
+  const dek = globalThis.crypto.getRandomValues(new Uint8Array(32));
+  const nonce = globalThis.crypto.getRandomValues(new Uint8Array(12));
+  const aad = new TextEncoder().encode(`kiroku/v1/artifact|${artifactId}|${kind}`);
+  const aes = await subtle.importKey("raw", dek, "AES-GCM", false, ["encrypt"]);
+  const ct = new Uint8Array(await subtle.encrypt({ name: "AES-GCM", iv: nonce, additionalData: aad }, aes, plaintext));
+  const rsa = await subtle.importKey("spki", spki, { name: "RSA-OAEP", hash: "SHA-256" }, false, ["encrypt"]);
+  const dekEnc = new Uint8Array(await subtle.encrypt({ name: "RSA-OAEP" }, rsa, dek));
+  const object = Buffer.concat([Buffer.from("KRK1"), nonce, ct]);
+  const sha = Buffer.from(await subtle.digest("SHA-256", object));
+  return { object, dekEnc: Buffer.from(dekEnc), sha };
+}

@@ -1,6 +1,6 @@
 //! The HTTP side of the app: shared state, the router and its layers.
 
-mod pages;
+pub(crate) mod pages;
 
 use std::sync::Arc;
 
@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .merge(pages::routes())
         .merge(api)
         .merge(recording)
+        .merge(crate::projects::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .nest_service("/static", ServeDir::new(static_dir()))

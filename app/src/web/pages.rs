@@ -20,7 +20,6 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(home))
         .route("/login", get(login))
         .route("/setup", get(setup))
-        .route("/projects", get(projects))
         .route("/account/password", get(password))
         .route("/record", get(record))
         .route("/logout", post(logout))
@@ -35,7 +34,7 @@ pub struct Ctx {
     pub user: Option<SessionUser>,
 }
 
-async fn ctx(headers: &HeaderMap, session: &Session) -> Result<Ctx, AppError> {
+pub(crate) async fn ctx(headers: &HeaderMap, session: &Session) -> Result<Ctx, AppError> {
     let lang = Lang::from_headers(headers);
     Ok(Ctx {
         lang,
@@ -106,55 +105,13 @@ async fn setup(
     })
 }
 
-/// A project as the list shows it.
-pub struct ProjectRow {
-    pub title: String,
-    pub status: String,
-    pub created: String,
-}
-
-#[derive(Template)]
-#[template(path = "projects.html")]
-struct ProjectsPage {
-    ctx: Ctx,
-    projects: Vec<ProjectRow>,
-}
-
 /// Signed-in, fully set-up user, or where to send the browser instead.
-fn require_ready(ctx: &Ctx) -> Result<&SessionUser, Redirect> {
+pub(crate) fn require_ready(ctx: &Ctx) -> Result<&SessionUser, Redirect> {
     match &ctx.user {
         Some(u) if u.setup_only => Err(Redirect::to("/setup")),
         Some(u) => Ok(u),
         None => Err(Redirect::to("/login")),
     }
-}
-
-async fn projects(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    session: Session,
-) -> Result<Response, AppError> {
-    let ctx = ctx(&headers, &session).await?;
-    let user = match require_ready(&ctx) {
-        Ok(u) => u.clone(),
-        Err(redirect) => return Ok(redirect.into_response()),
-    };
-    let rows: Vec<(String, String, time::OffsetDateTime)> = sqlx::query_as(
-        "SELECT title, status, created_at FROM projects WHERE user_id = $1
-          ORDER BY created_at DESC LIMIT 200",
-    )
-    .bind(user.id)
-    .fetch_all(&s.db)
-    .await?;
-    let projects = rows
-        .into_iter()
-        .map(|(title, status, created)| ProjectRow {
-            title,
-            status,
-            created: created.date().to_string(),
-        })
-        .collect();
-    render(ProjectsPage { ctx, projects })
 }
 
 #[derive(Template)]
