@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use kiroku_app::config::AppConfig;
 use kiroku_app::doctor::Level;
 use kiroku_app::{db, doctor, users};
+use kiroku_crypto::token::KeyRing;
 use kiroku_runtime::Env;
 
 #[derive(Parser)]
@@ -33,6 +34,24 @@ enum Command {
     },
     /// Check services and that every credential has exactly its permissions.
     Doctor,
+    /// Rotate the export token keys (prints new settings; changes nothing).
+    ExportKeys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Step 1 of a rotation: a ring with one more, fresh key.
+    Add {
+        /// The new key id (default: the next free `kN`).
+        #[arg(long)]
+        kid: Option<String>,
+    },
+    /// Step 3: the ring without the old key, once no token signed with it
+    /// can still be valid.
+    Remove { kid: String },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +126,38 @@ async fn run(cli: Cli, env: Env) -> anyhow::Result<ExitCode> {
                         .await
                         .with_context(|| format!("user {name}"))?;
                     println!("user {name} disabled");
+                }
+            }
+        }
+        Command::ExportKeys { command } => {
+            let mut ring = match env.get("KIROKU_EXPORT_KEYS") {
+                Some(spec) => KeyRing::parse(spec).context("KIROKU_EXPORT_KEYS")?,
+                None => KeyRing::default(),
+            };
+            match command {
+                KeysCommand::Add { kid } => {
+                    let kid = kid.unwrap_or_else(|| {
+                        (1..)
+                            .map(|n| format!("k{n}"))
+                            .find(|k| !ring.contains(k))
+                            .expect("a free kid")
+                    });
+                    let secret = kiroku_crypto::random_array::<32>()?;
+                    ring.insert(&kid, secret.to_vec()).context("new key")?;
+                    println!("# 1. Give the export service the new ring and restart it:");
+                    println!("KIROKU_EXPORT_KEYS={}", ring.to_spec().as_str());
+                    println!(
+                        "# 2. Then give the app the same ring, sign with the new key, restart it:"
+                    );
+                    println!("KIROKU_EXPORT_SIGNING_KID={kid}");
+                    println!(
+                        "# 3. After the token lifetime has passed: kiroku export-keys remove OLD_KID"
+                    );
+                }
+                KeysCommand::Remove { kid } => {
+                    anyhow::ensure!(ring.remove(&kid), "{kid} is not in KIROKU_EXPORT_KEYS");
+                    anyhow::ensure!(!ring.kids().is_empty(), "the ring would be empty");
+                    println!("KIROKU_EXPORT_KEYS={}", ring.to_spec().as_str());
                 }
             }
         }

@@ -28,6 +28,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/projects", get(list))
         .route("/projects/{id}", get(page))
+        .route("/projects/{id}/progress", get(progress))
+        .route("/projects/{id}/retry", post(retry))
         .route("/api/artifacts/{id}/token", post(token))
         .route("/api/project/rename", post(rename))
         .route("/api/project/delete", post(delete))
@@ -146,6 +148,7 @@ struct ProjectPage {
     duration: String,
     photos: i64,
     artifacts: Vec<ArtifactItem>,
+    progress: ProgressView,
 }
 
 async fn page(
@@ -194,7 +197,9 @@ async fn page(
             },
         )
         .collect();
+    let progress = progress_view(&s, &ctx, id).await?;
     render(ProjectPage {
+        progress,
         id: id.to_string(),
         title,
         participant,
@@ -383,4 +388,143 @@ mod tests {
         assert_eq!(size_text(12_345), "12.3 KB");
         assert_eq!(size_text(4_000_000), "4.0 MB");
     }
+}
+
+/// The live part of the project page, refreshed by htmx while processing.
+pub struct ProgressView {
+    pub id: String,
+    pub active: bool,
+    pub failed: bool,
+    pub status: String,
+    pub detail: String,
+    pub failure: String,
+    pub percent: i32,
+}
+
+#[derive(Template)]
+#[template(path = "progress.html")]
+struct ProgressFragment {
+    ctx: Ctx,
+    progress: ProgressView,
+}
+
+#[derive(sqlx::FromRow)]
+struct ProgressRow {
+    status: String,
+    step: Option<String>,
+    step_done: i32,
+    step_total: i32,
+    failure: Option<String>,
+}
+
+async fn progress_view(s: &AppState, ctx: &Ctx, id: Uuid) -> Result<ProgressView, AppError> {
+    let user = ctx.user.as_ref().ok_or(AppError::Unauthorized)?;
+    let row: Option<ProgressRow> = sqlx::query_as(
+        "SELECT status, step, step_done, step_total, failure FROM projects
+          WHERE id = $1 AND user_id = $2 AND status NOT IN ('deleting', 'deleted')",
+    )
+    .bind(id)
+    .bind(user.id)
+    .fetch_optional(&s.db)
+    .await?;
+    let ProgressRow {
+        status,
+        step,
+        step_done: done,
+        step_total: total,
+        failure,
+    } = row.ok_or(AppError::NotFound)?;
+    let t = ctx.t;
+    let detail = match step.as_deref() {
+        _ if status == "queued" => t.step_queued.to_owned(),
+        Some("prepare") => t.step_prepare.to_owned(),
+        Some("transcribe") => t
+            .step_transcribe
+            .replace("{done}", &done.to_string())
+            .replace("{total}", &total.to_string()),
+        Some("finalize") => t.step_finalize.to_owned(),
+        _ => String::new(),
+    };
+    let percent = match step.as_deref() {
+        Some("prepare") => 5,
+        Some("transcribe") if total > 0 => 10 + 80 * done / total,
+        Some("finalize") => 95,
+        _ => 0,
+    };
+    Ok(ProgressView {
+        id: id.to_string(),
+        active: matches!(status.as_str(), "queued" | "processing"),
+        failed: status == "failed",
+        status: t.status(&status).to_owned(),
+        detail,
+        failure: failure.unwrap_or_default(),
+        percent,
+    })
+}
+
+async fn progress(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    session: Session,
+    Path(id): Path<Uuid>,
+) -> Result<Response, AppError> {
+    let ctx = ctx(&headers, &session).await?;
+    if require_ready(&ctx).is_err() {
+        return Err(AppError::Unauthorized);
+    }
+    let view = progress_view(&s, &ctx, id).await?;
+    let finished = !view.active && !view.failed;
+    let mut resp = render(ProgressFragment {
+        ctx,
+        progress: view,
+    })?;
+    // When processing ends, reload the page so the script appears.
+    if finished && headers.contains_key("hx-request") {
+        resp.headers_mut()
+            .insert("hx-refresh", axum::http::HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// Queues a failed project again; nothing was deleted when it failed.
+async fn retry(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    session: Session,
+    Path(id): Path<Uuid>,
+) -> Result<Response, AppError> {
+    let presented = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+    session::check_csrf(&session, presented).await?;
+    let user = ready_user(&session).await?;
+    let done = sqlx::query(
+        "UPDATE projects SET status = 'queued', failure = NULL, step = NULL, step_done = 0, step_total = 0
+          WHERE id = $1 AND user_id = $2 AND status = 'failed'",
+    )
+    .bind(id)
+    .bind(user.id)
+    .execute(&s.db)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(AppError::Conflict(
+            "only a failed project can be retried".into(),
+        ));
+    }
+    let stream = kiroku_jobs::stream_for(&s.config.redis_prefix);
+    kiroku_jobs::enqueue_to(
+        &s.queue,
+        &stream,
+        &Job {
+            kind: JobKind::Prepare,
+            project_id: id,
+        },
+    )
+    .await
+    .map_err(|e| AppError::Internal(format!("queue: {e}")))?;
+    tracing::info!(project_id = %id, "project retried");
+    let ctx = ctx(&headers, &session).await?;
+    let view = progress_view(&s, &ctx, id).await?;
+    render(ProgressFragment {
+        ctx,
+        progress: view,
+    })
 }

@@ -26,6 +26,12 @@ pub const MAX_ATTEMPT: u32 = 1000;
 pub enum JobKind {
     /// Assemble a stopped recording's chunks and start processing it.
     Prepare,
+    /// Transcribe the next pending segment of a project (one job per
+    /// segment; each claims whichever segment is still pending).
+    Transcribe,
+    /// Write, seal and store the script once every segment is transcribed,
+    /// then delete everything else of the project.
+    Finalize,
     /// Delete a project the performer deleted: its stored objects in every
     /// area and the rows only workers may remove.
     DeleteProject,
@@ -34,11 +40,18 @@ pub enum JobKind {
 impl JobKind {
     /// Every kind, so that per-kind settings can be checked against the
     /// closed list.
-    pub const ALL: &'static [JobKind] = &[JobKind::Prepare, JobKind::DeleteProject];
+    pub const ALL: &'static [JobKind] = &[
+        JobKind::Prepare,
+        JobKind::Transcribe,
+        JobKind::Finalize,
+        JobKind::DeleteProject,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Prepare => "prepare",
+            JobKind::Transcribe => "transcribe",
+            JobKind::Finalize => "finalize",
             JobKind::DeleteProject => "delete_project",
         }
     }
@@ -46,6 +59,8 @@ impl JobKind {
     pub fn parse(s: &str) -> Option<JobKind> {
         match s {
             "prepare" => Some(JobKind::Prepare),
+            "transcribe" => Some(JobKind::Transcribe),
+            "finalize" => Some(JobKind::Finalize),
             "delete_project" => Some(JobKind::DeleteProject),
             _ => None,
         }

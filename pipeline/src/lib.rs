@@ -6,7 +6,9 @@
 //! consumes the job queue ([`queue`]) next to it.
 
 pub mod cleanup;
+pub mod process;
 pub mod queue;
+pub mod speech;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +60,11 @@ pub struct WorkerState {
     pub db: PgPool,
     pub queue: fred::clients::Client,
     pub store: WorkerStore,
+    /// The stream follow-up jobs are added to.
+    pub jobs_stream: String,
+    /// The speech engine; `None` when none is configured or it failed to
+    /// load (transcription jobs then fail with that reason).
+    pub transcriber: Option<process::SharedTranscriber>,
 }
 
 pub async fn connect(config: WorkerConfig) -> anyhow::Result<WorkerState> {
@@ -88,6 +95,8 @@ pub async fn connect(config: WorkerConfig) -> anyhow::Result<WorkerState> {
         .context("cannot connect to the queue Redis")?;
     let store = WorkerStore(Store::open(&config.storage, Role::Worker)?);
     Ok(WorkerState {
+        jobs_stream: config.queue.stream.clone(),
+        transcriber: None,
         config: Arc::new(config),
         db,
         queue,
@@ -139,21 +148,50 @@ async fn readyz(State(s): State<WorkerState>) -> impl IntoResponse {
 /// The handler of each job kind this worker runs (see the limitation in
 /// [`run`]).
 pub fn handlers(state: WorkerState) -> Handlers {
-    let deleting = state.clone();
+    fn job<F, Fut>(state: &WorkerState, f: F) -> impl queue::JobHandler
+    where
+        F: Fn(WorkerState, uuid::Uuid) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let state = state.clone();
+        let f = Arc::new(f);
+        move |d: Delivery| {
+            let (state, f) = (state.clone(), f.clone());
+            async move {
+                let project = d.job.project_id;
+                let result = f(state.clone(), project).await;
+                if let Err(e) = &result {
+                    // The last attempt tells the performer why.
+                    if d.attempt >= state.config.queue.max_attempts {
+                        let _ = process::mark_failed(&state, project, &format!("{e:#}")).await;
+                    }
+                }
+                result
+            }
+        }
+    }
     Handlers::new()
-        .on(JobKind::DeleteProject, move |d: Delivery| {
-            let state = deleting.clone();
-            async move { cleanup::delete_project(&state, d.job.project_id).await }
-        })
-        .on(JobKind::Prepare, |d: Delivery| async move {
-        tracing::warn!(project_id = %d.job.project_id, "prepare job received; not implemented yet");
-        // Failing keeps the job: after its retries it waits in the
-        // dead-letter stream, from where it can be replayed once the
-        // pipeline exists, instead of being consumed for nothing.
-        Err(anyhow::anyhow!(
-            "the processing pipeline is not implemented yet"
-        ))
-    })
+        .on(
+            JobKind::DeleteProject,
+            job(&state, |s, p| async move {
+                cleanup::delete_project(&s, p).await
+            }),
+        )
+        .on(
+            JobKind::Prepare,
+            job(&state, |s, p| async move { process::prepare(&s, p).await }),
+        )
+        .on(
+            JobKind::Transcribe,
+            job(
+                &state,
+                |s, p| async move { process::transcribe(&s, p).await },
+            ),
+        )
+        .on(
+            JobKind::Finalize,
+            job(&state, |s, p| async move { process::finalize(&s, p).await }),
+        )
 }
 
 /// Runs the worker until SIGINT/SIGTERM: the health endpoint and the job

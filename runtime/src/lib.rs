@@ -61,6 +61,8 @@ pub const KNOWN: &[&str] = &[
     "KIROKU_QUEUE_MAX_ATTEMPTS",
     "KIROKU_QUEUE_BACKOFF_SECS",
     "KIROKU_WORKER_CONCURRENCY",
+    "KIROKU_WHISPER_MODEL",
+    "KIROKU_WHISPER_THREADS",
 ];
 
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -451,3 +451,38 @@ pub fn fixture(name: &str) -> std::path::PathBuf {
         .join("fixtures")
         .join(name)
 }
+
+/// A worker (database role, queue, storage) for `app`'s database, with the
+/// given speech engine, as the worker binary would build it.
+pub async fn worker_for(
+    app: &TestApp,
+    transcriber: Option<kiroku_pipeline::process::SharedTranscriber>,
+) -> kiroku_pipeline::WorkerState {
+    let e = env();
+    let mut pairs: Vec<(String, String)> = kiroku_runtime::KNOWN
+        .iter()
+        .filter_map(|k| e.get(k).map(|v| ((*k).to_owned(), v.to_owned())))
+        .collect();
+    pairs.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "KIROKU_STORAGE" | "KIROKU_WORKER_DATABASE_URL" | "KIROKU_REDIS_PREFIX"
+        )
+    });
+    pairs.push(("KIROKU_STORAGE".into(), "s3".into()));
+    pairs.push((
+        "KIROKU_WORKER_DATABASE_URL".into(),
+        app.db.worker_url.clone(),
+    ));
+    pairs.push((
+        "KIROKU_REDIS_PREFIX".into(),
+        app.config.redis_prefix.clone(),
+    ));
+    let wenv = Env::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let config = kiroku_pipeline::WorkerConfig::from_env(&wenv).expect("worker config");
+    let mut state = kiroku_pipeline::connect(config)
+        .await
+        .expect("worker connects");
+    state.transcriber = transcriber;
+    state
+}

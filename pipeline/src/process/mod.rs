@@ -1,0 +1,540 @@
+//! The processing jobs: prepare → transcribe (one job per segment) →
+//! finalize. Each reads what it needs by project id, is safe to run again
+//! after a crash, and reports progress in the project row.
+
+pub mod compose;
+pub mod docx;
+pub mod photos;
+pub mod segment;
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use kiroku_jobs::{Job, JobKind};
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+use crate::WorkerState;
+use compose::{DocLang, Line, Meta, Photo};
+
+/// Text recognised in one segment, times relative to the segment start.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript {
+    pub language: Option<String>,
+    pub lines: Vec<Line>,
+}
+
+/// A speech engine as the pipeline uses it (16 kHz mono samples in).
+pub trait Transcriber: Send + Sync {
+    /// `language` is `auto`, `es` or `en`.
+    fn transcribe(&self, samples: &[f32], language: &str) -> anyhow::Result<Transcript>;
+}
+
+pub type SharedTranscriber = Arc<dyn Transcriber>;
+
+async fn enqueue(state: &WorkerState, kind: JobKind, project: Uuid) -> anyhow::Result<()> {
+    let job = Job {
+        kind,
+        project_id: project,
+    };
+    kiroku_jobs::enqueue_to(&state.queue, &state.jobs_stream, &job).await?;
+    Ok(())
+}
+
+async fn set_step(
+    state: &WorkerState,
+    project: Uuid,
+    step: &str,
+    done: i32,
+    total: i32,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE projects SET step = $2, step_done = $3, step_total = $4 WHERE id = $1")
+        .bind(project)
+        .bind(step)
+        .bind(done)
+        .bind(total)
+        .execute(&state.db)
+        .await?;
+    Ok(())
+}
+
+/// Marks a project failed with a reason the performer can read.
+pub async fn mark_failed(state: &WorkerState, project: Uuid, reason: &str) -> anyhow::Result<()> {
+    let reason: String = reason.chars().take(400).collect();
+    sqlx::query(
+        "UPDATE projects SET status = 'failed', failure = $2 WHERE id = $1 AND status <> 'ready'",
+    )
+    .bind(project)
+    .bind(reason)
+    .execute(&state.db)
+    .await?;
+    Ok(())
+}
+
+/// Removes every object under `prefix` (work files of a previous run).
+async fn clear_prefix(state: &WorkerState, prefix: &str) -> anyhow::Result<usize> {
+    let keys = state.store.list(prefix).await?;
+    for k in &keys {
+        state.store.delete(k).await?;
+    }
+    Ok(keys.len())
+}
+
+/// Decodes the concatenated chunks (in order) to 16 kHz mono with ffmpeg,
+/// streaming them in so the whole recording is never held twice.
+async fn decode(state: &WorkerState, keys: Vec<String>) -> anyhow::Result<Vec<f32>> {
+    let mut child = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-v", "error", "-i", "pipe:0", "-ac", "1", "-ar", "16000", "-f", "s16le", "pipe:1",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("ffmpeg could not be started (is it installed?)")?;
+    let mut stdin = child.stdin.take().context("ffmpeg stdin")?;
+    let mut stdout = child.stdout.take().context("ffmpeg stdout")?;
+    let store = state.store.clone();
+    let feeder = tokio::spawn(async move {
+        for key in keys {
+            let bytes = store.get(&key, None).await?.into_bytes().await?;
+            if stdin.write_all(&bytes).await.is_err() {
+                break; // ffmpeg gave up; its exit status says why
+            }
+        }
+        drop(stdin);
+        Ok::<_, kiroku_storage::StorageError>(())
+    });
+    let mut pcm = Vec::new();
+    stdout.read_to_end(&mut pcm).await?;
+    let output = child.wait_with_output().await?;
+    feeder.await.context("chunk feeder")??;
+    if !output.status.success() {
+        bail!("the recording could not be decoded");
+    }
+    Ok(pcm
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+        .collect())
+}
+
+/// Assembles the recording and splits it into segments for transcription.
+pub async fn prepare(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
+    let row: Option<(Uuid, String, Option<i32>)> =
+        sqlx::query_as("SELECT user_id, status, last_seq FROM projects WHERE id = $1")
+            .bind(project)
+            .fetch_optional(&state.db)
+            .await?;
+    let Some((user, status, last_seq)) = row else {
+        return Ok(());
+    };
+    if !matches!(status.as_str(), "queued" | "processing") {
+        tracing::info!(project_id = %project, status, "prepare: nothing to do");
+        return Ok(());
+    }
+    let last_seq = last_seq.context("project has no last chunk number")?;
+    sqlx::query("UPDATE projects SET status = 'processing', failure = NULL WHERE id = $1")
+        .bind(project)
+        .execute(&state.db)
+        .await?;
+    set_step(state, project, "prepare", 0, 1).await?;
+
+    let chunks: Vec<(i32, String)> =
+        sqlx::query_as("SELECT seq, object_key FROM chunks WHERE project_id = $1 ORDER BY seq")
+            .bind(project)
+            .fetch_all(&state.db)
+            .await?;
+    let contiguous = chunks.len() == (last_seq + 1) as usize
+        && chunks
+            .iter()
+            .enumerate()
+            .all(|(i, (seq, _))| *seq == i as i32);
+    if !contiguous {
+        bail!("the recording is incomplete: chunks are missing");
+    }
+    let samples = decode(state, chunks.into_iter().map(|(_, k)| k).collect()).await?;
+
+    // A retry starts from a clean slate.
+    clear_prefix(state, &format!("work/{project}/")).await?;
+    sqlx::query("DELETE FROM transcript_lines WHERE project_id = $1")
+        .bind(project)
+        .execute(&state.db)
+        .await?;
+    sqlx::query("DELETE FROM segments WHERE project_id = $1")
+        .bind(project)
+        .execute(&state.db)
+        .await?;
+
+    let cuts = segment::cut_points(&samples, segment::Plan::default(), true);
+    let mut start = 0usize;
+    for (idx, end) in cuts.iter().enumerate() {
+        let key = format!("work/{project}/segments/{idx:04}.wav");
+        state
+            .store
+            .put(&key, Bytes::from(segment::wav_bytes(&samples[start..*end])))
+            .await?;
+        sqlx::query(
+            "INSERT INTO segments (project_id, idx, start_ms, end_ms, object_key) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(project)
+        .bind(idx as i32)
+        .bind((start * 1000 / segment::RATE) as i64)
+        .bind(((*end * 1000 / segment::RATE) as i64).max((start * 1000 / segment::RATE) as i64 + 1))
+        .bind(&key)
+        .execute(&state.db)
+        .await?;
+        start = *end;
+    }
+    let n = cuts.len() as i32;
+    tracing::info!(project_id = %project, user_id = %user, segments = n, "recording prepared");
+    set_step(state, project, "transcribe", 0, n).await?;
+    if n == 0 {
+        sqlx::query("UPDATE projects SET step = 'finalize' WHERE id = $1")
+            .bind(project)
+            .execute(&state.db)
+            .await?;
+        return enqueue(state, JobKind::Finalize, project).await;
+    }
+    for _ in 0..n {
+        enqueue(state, JobKind::Transcribe, project).await?;
+    }
+    Ok(())
+}
+
+/// Transcribes whichever segment of the project is still pending.
+pub async fn transcribe(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
+    let language: Option<String> =
+        sqlx::query_scalar("SELECT language FROM projects WHERE id = $1 AND status = 'processing'")
+            .bind(project)
+            .fetch_optional(&state.db)
+            .await?;
+    let Some(language) = language else {
+        return Ok(());
+    };
+    // A segment left `working` by a crashed worker is taken again later.
+    let claimed: Option<(i32, i64, String)> = sqlx::query_as(
+        "UPDATE segments SET status = 'working', claimed_at = now()
+          WHERE (project_id, idx) = (
+                SELECT project_id, idx FROM segments
+                 WHERE project_id = $1
+                   AND (status = 'pending' OR (status = 'working' AND claimed_at < now() - interval '15 minutes'))
+                 ORDER BY idx LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING idx, start_ms, object_key",
+    )
+    .bind(project)
+    .fetch_optional(&state.db)
+    .await?;
+    if let Some((idx, start_ms, key)) = claimed {
+        let result = transcribe_segment(state, &key, &language).await;
+        let transcript = match result {
+            Ok(t) => t,
+            Err(e) => {
+                sqlx::query(
+                    "UPDATE segments SET status = 'pending' WHERE project_id = $1 AND idx = $2",
+                )
+                .bind(project)
+                .bind(idx)
+                .execute(&state.db)
+                .await?;
+                return Err(e);
+            }
+        };
+        let mut tx = state.db.begin().await?;
+        sqlx::query("DELETE FROM transcript_lines WHERE project_id = $1 AND segment_idx = $2")
+            .bind(project)
+            .bind(idx)
+            .execute(&mut *tx)
+            .await?;
+        for (i, line) in transcript.lines.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO transcript_lines (project_id, segment_idx, line_idx, start_ms, end_ms, text)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(project)
+            .bind(idx)
+            .bind(i as i32)
+            .bind(start_ms + line.start_ms)
+            .bind(start_ms + line.end_ms.max(line.start_ms))
+            .bind(&line.text)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE segments SET status = 'done' WHERE project_id = $1 AND idx = $2")
+            .bind(project)
+            .bind(idx)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE projects SET step_done = (SELECT count(*) FROM segments WHERE project_id = $1 AND status = 'done')
+              WHERE id = $1",
+        )
+        .bind(project)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(project_id = %project, segment = idx, lines = transcript.lines.len(), "segment transcribed");
+    }
+    // The worker that sees the last segment done moves the project on, once.
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM segments WHERE project_id = $1 AND status <> 'done'",
+    )
+    .bind(project)
+    .fetch_one(&state.db)
+    .await?;
+    if open == 0 {
+        let moved = sqlx::query(
+            "UPDATE projects SET step = 'finalize' WHERE id = $1 AND step = 'transcribe'",
+        )
+        .bind(project)
+        .execute(&state.db)
+        .await?;
+        if moved.rows_affected() == 1 {
+            enqueue(state, JobKind::Finalize, project).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn transcribe_segment(
+    state: &WorkerState,
+    key: &str,
+    language: &str,
+) -> anyhow::Result<Transcript> {
+    let engine = state
+        .transcriber
+        .clone()
+        .context("no speech engine is configured")?;
+    let wav = state.store.get(key, None).await?.into_bytes().await?;
+    let samples = segment::wav_samples(&wav).context("a stored segment is not readable")?;
+    let language = language.to_owned();
+    tokio::task::spawn_blocking(move || engine.transcribe(&samples, &language))
+        .await
+        .context("speech engine task")?
+}
+
+/// What is sealed for one file of the script.
+struct Output {
+    kind: &'static str,
+    content_type: &'static str,
+    extension: &'static str,
+    bytes: Vec<u8>,
+}
+
+/// A file name from the title: letters, digits and dashes only.
+pub fn file_stem(title: &str) -> String {
+    let mut stem = String::new();
+    for c in title.chars().flat_map(char::to_lowercase) {
+        if c.is_alphanumeric() {
+            stem.push(c);
+        } else if !stem.ends_with('-') && !stem.is_empty() {
+            stem.push('-');
+        }
+        if stem.chars().count() >= 60 {
+            break;
+        }
+    }
+    let stem = stem.trim_end_matches('-').to_owned();
+    if stem.is_empty() {
+        "guion".into()
+    } else {
+        stem
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ProjectRow {
+    user_id: Uuid,
+    title: String,
+    participant: String,
+    language: String,
+    status: String,
+    created_at: time::OffsetDateTime,
+    duration_ms: Option<i64>,
+}
+
+/// Writes, seals and stores the script, then deletes everything else of
+/// the project. Nothing is deleted before the new artifacts are recorded.
+pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
+    let row: Option<ProjectRow> = sqlx::query_as(
+        "SELECT user_id, title, participant, language, status, created_at, duration_ms FROM projects WHERE id = $1",
+    )
+    .bind(project)
+    .fetch_optional(&state.db)
+    .await?;
+    let Some(p) = row else { return Ok(()) };
+    if p.status != "processing" {
+        return Ok(());
+    }
+    set_step(state, project, "finalize", 0, 1).await?;
+    let public: Vec<u8> =
+        sqlx::query_scalar("SELECT public_key FROM user_public_keys WHERE user_id = $1")
+            .bind(p.user_id)
+            .fetch_one(&state.db)
+            .await
+            .context("the owner has no public key")?;
+    let public = kiroku_crypto::userkey::parse_public_key(&public)
+        .context("the owner's public key is invalid")?;
+
+    let lines: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT start_ms, end_ms, text FROM transcript_lines WHERE project_id = $1 ORDER BY start_ms, segment_idx, line_idx",
+    )
+    .bind(project)
+    .fetch_all(&state.db)
+    .await?;
+    let photo_rows: Vec<(Uuid, i64, String)> = sqlx::query_as(
+        "SELECT id, offset_ms, object_key FROM photos WHERE project_id = $1 ORDER BY offset_ms",
+    )
+    .bind(project)
+    .fetch_all(&state.db)
+    .await?;
+    let mut photos = Vec::new();
+    let mut pngs = Vec::new();
+    for (id, offset_ms, key) in photo_rows {
+        let bytes = state.store.get(&key, None).await?.into_bytes().await?;
+        match tokio::task::spawn_blocking(move || photos::prepare(&bytes)).await? {
+            Ok(prepared) => {
+                photos.push(Photo {
+                    offset_ms,
+                    jpeg: prepared.jpeg,
+                    width: prepared.width,
+                    height: prepared.height,
+                });
+                pngs.push(prepared.png);
+            }
+            Err(e) => {
+                tracing::warn!(project_id = %project, photo_id = %id, error = %e, "photo left out")
+            }
+        }
+    }
+    let meta = Meta {
+        title: p.title.clone(),
+        participant: p.participant.clone(),
+        date: p.created_at.date().to_string(),
+        duration_ms: p.duration_ms.unwrap_or(0),
+        lang: if p.language == "en" {
+            DocLang::En
+        } else {
+            DocLang::Es
+        },
+    };
+    let lines = lines
+        .into_iter()
+        .map(|(start_ms, end_ms, text)| Line {
+            start_ms,
+            end_ms,
+            text,
+        })
+        .collect();
+    let doc = compose::compose(meta, lines, photos);
+    // LIMITATION: no PDF yet (typst rendering is still to be built).
+    let outputs = vec![
+        Output {
+            kind: "md",
+            content_type: "text/markdown; charset=utf-8",
+            extension: "md",
+            bytes: compose::markdown(&doc).into_bytes(),
+        },
+        Output {
+            kind: "html",
+            content_type: "text/html; charset=utf-8",
+            extension: "html",
+            bytes: compose::html(&doc).into_bytes(),
+        },
+        Output {
+            kind: "docx",
+            content_type: "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            extension: "docx",
+            bytes: docx::render(&doc, &pngs)
+                .map_err(|e| anyhow::anyhow!("DOCX rendering failed: {e}"))?,
+        },
+    ];
+
+    let stem = file_stem(&p.title);
+    let mut rows = Vec::new();
+    for out in outputs {
+        let artifact = Uuid::new_v4();
+        let sealed =
+            kiroku_crypto::envelope::seal(&public, &artifact.to_string(), out.kind, &out.bytes)
+                .map_err(|e| anyhow::anyhow!("sealing failed: {e}"))?;
+        drop(out.bytes);
+        let key = format!("final/v1/{}/{project}/{artifact}", p.user_id);
+        let sha = sha2::Sha256::digest(&sealed.object).to_vec();
+        let size = sealed.object.len() as i64;
+        state.store.put(&key, Bytes::from(sealed.object)).await?;
+        rows.push((
+            artifact,
+            out.kind,
+            out.content_type,
+            format!("{stem}.{}", out.extension),
+            key,
+            size,
+            sha,
+            sealed.dek_enc,
+        ));
+    }
+
+    let old: Vec<String> =
+        sqlx::query_scalar("SELECT object_key FROM artifacts WHERE project_id = $1")
+            .bind(project)
+            .fetch_all(&state.db)
+            .await?;
+    let mut tx = state.db.begin().await?;
+    sqlx::query("DELETE FROM artifacts WHERE project_id = $1")
+        .bind(project)
+        .execute(&mut *tx)
+        .await?;
+    for (id, kind, content_type, file_name, key, size, sha, dek_enc) in &rows {
+        sqlx::query(
+            "INSERT INTO artifacts (id, project_id, kind, content_type, file_name, object_key, size, sha256, dek_enc, algorithm)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(id)
+        .bind(project)
+        .bind(kind)
+        .bind(content_type)
+        .bind(file_name)
+        .bind(key)
+        .bind(size)
+        .bind(sha)
+        .bind(dek_enc)
+        .bind(kiroku_crypto::envelope::ALGORITHM)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("UPDATE projects SET status = 'ready', step = NULL, step_done = 0, step_total = 0, failure = NULL WHERE id = $1")
+        .bind(project)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+
+    // The script is safe; now forget everything else.
+    for key in old {
+        state.store.delete(&key).await?;
+    }
+    clear_prefix(state, &format!("ingest/{}/{project}/", p.user_id)).await?;
+    clear_prefix(state, &format!("work/{project}/")).await?;
+    for table in ["transcript_lines", "segments", "chunks", "photos"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE project_id = $1"))
+            .bind(project)
+            .execute(&state.db)
+            .await?;
+    }
+    tracing::info!(project_id = %project, artifacts = rows.len(), "script sealed and stored");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_stem;
+
+    #[test]
+    fn file_names_come_from_titles_safely() {
+        assert_eq!(file_stem("La Carta Elegida!"), "la-carta-elegida");
+        assert_eq!(file_stem("../../etc/passwd"), "etc-passwd");
+        assert_eq!(file_stem("¿?"), "guion");
+        assert_eq!(file_stem("Rutina del espejo"), "rutina-del-espejo");
+    }
+}
