@@ -32,6 +32,8 @@ pub struct WorkerConfig {
     pub queue_redis_url: String,
     pub queue: QueueConfig,
     pub storage: StorageConfig,
+    /// The local speech engine's settings (model file, threads).
+    pub whisper: speech::local::LocalConfig,
 }
 
 impl WorkerConfig {
@@ -49,6 +51,7 @@ impl WorkerConfig {
             ),
             queue_redis_url: env.or("KIROKU_QUEUE_REDIS_URL", "redis://127.0.0.1:6379/1"),
             queue: QueueConfig::from_env(env)?,
+            whisper: speech::local::LocalConfig::from_env(env)?,
             storage,
         })
     }
@@ -200,7 +203,18 @@ pub fn handlers(state: WorkerState) -> Handlers {
 pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let listen = config.listen;
     let queue_config = config.queue.clone();
-    let state = connect(config).await?;
+    let whisper = config.whisper.clone();
+    let mut state = connect(config).await?;
+    // Loading takes a moment and hundreds of MB; without a model the worker
+    // still runs every other job and says why transcription fails.
+    match tokio::task::spawn_blocking(move || speech::local::LocalEngine::load(whisper)).await? {
+        Ok(engine) => {
+            let engine: Arc<dyn speech::SpeechEngine> = Arc::new(engine);
+            state.transcriber = Some(Arc::new(process::engine::EngineTranscriber(engine)));
+            tracing::info!("local speech engine loaded");
+        }
+        Err(e) => tracing::warn!(error = %e, "no speech engine: transcription jobs will fail"),
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (KIROKU_WORKER_LISTEN)"))?;

@@ -222,3 +222,35 @@ export async function seal(spki, artifactId, kind, plaintext) {
   const sha = Buffer.from(await subtle.digest("SHA-256", object));
   return { object, dekEnc: Buffer.from(dekEnc), sha };
 }
+
+/** Starts `kiroku-worker` against the app's database and queue. */
+export async function startWorker(appEnv, extraEnv = {}) {
+  const port = await freePort();
+  const env = {
+    ...appEnv,
+    KIROKU_WORKER_DATABASE_URL: withDb(need("KIROKU_WORKER_DATABASE_URL"), new URL(appEnv.KIROKU_APP_DATABASE_URL).pathname.slice(1)),
+    KIROKU_WORKER_LISTEN: `127.0.0.1:${port}`,
+    KIROKU_QUEUE_BACKOFF_SECS: "2",
+    ...extraEnv,
+  };
+  const logs = [];
+  const child = spawn(bin("kiroku-worker"), [], { env, cwd: root });
+  child.stdout.on("data", (d) => logs.push(d.toString()));
+  child.stderr.on("data", (d) => logs.push(d.toString()));
+  for (let i = 0; i < 300; i++) {
+    try {
+      if ((await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200) break;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return {
+    logs,
+    child,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill("SIGTERM");
+        await new Promise((r) => child.once("exit", r));
+      }
+    },
+  };
+}

