@@ -70,3 +70,15 @@ test: setup lint services island build
     {{with_env}} cargo test --workspace
     scripts/wasm-test.sh
     {{with_env}} node --test tests/browser/
+
+# Benchmarks: they report, and fail only on a crash or a wrong result.
+bench: bench-argon2 bench-recording
+
+# Argon2id (64 MiB, t=3, p=4) in headless Chromium: the island's wasm vs hash-wasm.
+bench-argon2: island
+    test -f node_modules/hash-wasm/package.json || npm ci --no-audit --no-fund --loglevel=error
+    node bench/argon2.mjs
+
+# Recording load: simulated recorders vs the app and SeaweedFS (`just bench-recording --help`).
+bench-recording *args: services
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; {{with_env}} cargo run -p kiroku-tests --bin bench_recording -- {{args}}
