@@ -30,6 +30,14 @@ command -v node >/dev/null || apt_install nodejs npm
 command -v chromium >/dev/null || apt_install chromium
 command -v chromedriver >/dev/null || apt_install chromium-driver
 command -v curl >/dev/null || apt_install curl
+# pdftotext/pdfimages check the PDF script in the tests.
+command -v pdftotext >/dev/null || apt_install poppler-utils
+# LibreOffice proves in the end-to-end test that the DOCX opens.
+command -v soffice >/dev/null || apt_install libreoffice-writer-nogui
+# whisper-rs builds whisper.cpp with cmake and makes its bindings with libclang.
+command -v cmake >/dev/null || apt_install cmake
+command -v clang >/dev/null || apt_install clang
+dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q 'ok installed' || apt_install libclang-dev
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     log "installing Node.js packages"
@@ -37,3 +45,5 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 mkdir -p static/vendor
 cp node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx.min.js
+
+scripts/fetch-whisper-model.sh

@@ -61,6 +61,7 @@ pub const KNOWN: &[&str] = &[
     "KIROKU_QUEUE_MAX_ATTEMPTS",
     "KIROKU_QUEUE_BACKOFF_SECS",
     "KIROKU_WORKER_CONCURRENCY",
+    "KIROKU_CACHE_DIR",
     "KIROKU_WHISPER_MODEL",
     "KIROKU_WHISPER_THREADS",
 ];
@@ -163,7 +164,7 @@ impl Env {
 /// `info`), `KIROKU_LOG_FORMAT=json` switches to one JSON object per line.
 pub fn init_tracing(env: &Env) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(env.or("KIROKU_LOG", "info,sqlx=warn,aws=warn"))
+    let filter = EnvFilter::try_new(env.or("KIROKU_LOG", "info,sqlx=warn,aws=warn,whisper_rs=warn"))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

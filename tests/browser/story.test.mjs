@@ -4,7 +4,9 @@
 // engine, reads the script in the page and downloads it.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import {
   startApp, startExport, startWorker, launchWithMedia, signIn, shot, fixtures, freePort, psql,
@@ -123,11 +125,23 @@ test("from temporary password to a downloaded script, offline", async () => {
 
   // Downloads open as what they claim to be, and the Markdown says what the HTML says.
   const files = {};
-  for (const kind of ["md", "docx"]) {
+  for (const kind of ["pdf", "docx", "md"]) {
     const [download] = await Promise.all([page.waitForEvent("download"), page.click(`button.download[data-kind="${kind}"]`)]);
     files[kind] = readFileSync(await download.path());
   }
-  assert.equal(files.docx.subarray(0, 2).toString(), "PK");
+  const dir = mkdtempSync(path.join(tmpdir(), "kiroku-story-"));
+  writeFileSync(path.join(dir, "guion.pdf"), files.pdf);
+  const pdfText = execFileSync("pdftotext", ["-raw", path.join(dir, "guion.pdf"), "-"]).toString();
+  assert.ok(inOrder(pdfText).length >= 9, `the PDF lacks the routine: ${inOrder(pdfText)}`);
+  // The DOCX opens in an ordinary word processor: LibreOffice converts it.
+  writeFileSync(path.join(dir, "guion.docx"), files.docx);
+  execFileSync("soffice", ["--headless", "--convert-to", "pdf", "--outdir", path.join(dir, "lo"), path.join(dir, "guion.docx")], {
+    stdio: "ignore",
+    timeout: 120_000,
+    env: { ...process.env, HOME: dir },
+  });
+  const docxText = execFileSync("pdftotext", ["-raw", path.join(dir, "lo", "guion.pdf"), "-"]).toString();
+  assert.ok(inOrder(docxText).length >= 9, `the DOCX lacks the routine: ${inOrder(docxText)}`);
   const md = files.md.toString("utf8").replace(/!\[[^\]]*\]\(data:[^)]*\)/g, "").replace(/\\(.)/g, "$1");
   const body = md.split("\n").filter((l) => l && !l.startsWith("#") && !l.startsWith("**")).join(" ");
   const htmlWords = words(text.split("\n").filter((l) => !/^(Foto \d|Participante|Fecha|Duración)/.test(l)).slice(1).join(" "));
