@@ -104,7 +104,8 @@ async fn list(
     };
     let rows: Vec<ListRow> = sqlx::query_as(
         "SELECT p.id, p.title, p.status, p.created_at, p.duration_ms,
-                (SELECT count(*) FROM photos f WHERE f.project_id = p.id) AS photos
+                COALESCE(p.photo_count::bigint,
+                         (SELECT count(*) FROM photos f WHERE f.project_id = p.id)) AS photos
            FROM projects p
           WHERE p.user_id = $1 AND p.status NOT IN ('deleting', 'deleted', 'discarded')
           ORDER BY p.created_at DESC LIMIT 500",
@@ -173,10 +174,13 @@ async fn page(
     let Some((title, participant, status, created, duration_ms)) = row else {
         return Err(AppError::NotFound);
     };
-    let photos: i64 = sqlx::query_scalar("SELECT count(*) FROM photos WHERE project_id = $1")
-        .bind(id)
-        .fetch_one(&s.db)
-        .await?;
+    let photos: i64 = sqlx::query_scalar(
+        "SELECT COALESCE((SELECT photo_count::bigint FROM projects WHERE id = $1),
+                         (SELECT count(*) FROM photos WHERE project_id = $1))",
+    )
+    .bind(id)
+    .fetch_one(&s.db)
+    .await?;
     let rows: Vec<(Uuid, String, String, String, i64, time::OffsetDateTime)> = sqlx::query_as(
         "SELECT id, kind, file_name, content_type, size, created_at FROM artifacts
           WHERE project_id = $1 ORDER BY kind",

@@ -258,6 +258,12 @@ async fn a_stopped_recording_becomes_sealed_artifacts_and_nothing_else_remains()
     assert!(!html.contains("Exif"));
 
     assert_eq!(leftovers(&user_id, project).await, Vec::<String>::new());
+    let kept: Option<i32> = sqlx::query_scalar("SELECT photo_count FROM projects WHERE id = $1")
+        .bind(project)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, Some(2), "the photo count must outlive the photo rows");
     for table in ["chunks", "photos", "segments", "transcript_lines"] {
         let n: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM {table} WHERE project_id = $1"

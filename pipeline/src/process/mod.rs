@@ -463,6 +463,7 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
             text,
         })
         .collect();
+    let photo_count = photos.len() as i32;
     let doc = compose::compose(meta, lines, photos);
     // Rendering is CPU-bound: keep it off the async threads.
     let outputs = tokio::task::spawn_blocking(move || render_all(&doc, &pngs))
@@ -521,8 +522,9 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query("UPDATE projects SET status = 'ready', step = NULL, step_done = 0, step_total = 0, failure = NULL WHERE id = $1")
+    sqlx::query("UPDATE projects SET status = 'ready', step = NULL, step_done = 0, step_total = 0, failure = NULL, photo_count = $2 WHERE id = $1")
         .bind(project)
+        .bind(photo_count)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
