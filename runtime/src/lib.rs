@@ -164,8 +164,9 @@ impl Env {
 /// `info`), `KIROKU_LOG_FORMAT=json` switches to one JSON object per line.
 pub fn init_tracing(env: &Env) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(env.or("KIROKU_LOG", "info,sqlx=warn,aws=warn,whisper_rs=warn"))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(env.or("KIROKU_LOG", "info,sqlx=warn,aws=warn,whisper_rs=warn"))
+            .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
