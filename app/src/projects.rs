@@ -20,7 +20,7 @@ use tower_sessions::Session;
 use uuid::Uuid;
 
 use crate::error::AppError;
-use crate::session::{self, ApiJson, SessionUser};
+use crate::session::{self, ApiJson};
 use crate::web::AppState;
 use crate::web::pages::{Ctx, ctx, render, require_ready};
 
@@ -33,14 +33,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/artifacts/{id}/token", post(token))
         .route("/api/project/rename", post(rename))
         .route("/api/project/delete", post(delete))
-}
-
-async fn ready_user(session: &Session) -> Result<SessionUser, AppError> {
-    match session::user(session).await? {
-        Some(u) if !u.setup_only => Ok(u),
-        Some(_) => Err(AppError::Forbidden),
-        None => Err(AppError::Unauthorized),
-    }
 }
 
 /// `1:05:09` or `4:07`.
@@ -259,7 +251,7 @@ async fn token(
 ) -> Result<Json<TokenResponse>, AppError> {
     let presented = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
     session::check_csrf(&session, presented).await?;
-    let user = ready_user(&session).await?;
+    let user = session::ready_user(&session).await?;
     let signing = s
         .config
         .export_keys
@@ -320,7 +312,7 @@ async fn rename(
     session: Session,
     ApiJson(req): ApiJson<RenameRequest>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let user = ready_user(&session).await?;
+    let user = session::ready_user(&session).await?;
     let title = req.title.trim();
     if title.is_empty() || title.chars().count() > 200 || title.chars().any(char::is_control) {
         return Err(AppError::BadRequest(
@@ -355,7 +347,7 @@ async fn delete(
     session: Session,
     ApiJson(req): ApiJson<DeleteRequest>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let user = ready_user(&session).await?;
+    let user = session::ready_user(&session).await?;
     let done = sqlx::query(
         "UPDATE projects SET status = 'deleting' WHERE id = $1 AND user_id = $2
             AND status NOT IN ('recording', 'deleting', 'deleted')",
@@ -499,7 +491,7 @@ async fn retry(
 ) -> Result<Response, AppError> {
     let presented = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
     session::check_csrf(&session, presented).await?;
-    let user = ready_user(&session).await?;
+    let user = session::ready_user(&session).await?;
     let done = sqlx::query(
         "UPDATE projects SET status = 'queued', failure = NULL, step = NULL, step_done = 0, step_total = 0
           WHERE id = $1 AND user_id = $2 AND status = 'failed'",

@@ -41,14 +41,6 @@ pub fn routes(max_photo_bytes: usize) -> Router<AppState> {
         .route("/ws/audio", get(audio_socket))
 }
 
-async fn ready_user(session: &Session) -> Result<SessionUser, AppError> {
-    match session::user(session).await? {
-        Some(u) if !u.setup_only => Ok(u),
-        Some(_) => Err(AppError::Forbidden),
-        None => Err(AppError::Unauthorized),
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
@@ -104,7 +96,7 @@ async fn start(
     session: Session,
     ApiJson(req): ApiJson<StartRequest>,
 ) -> Result<Json<StartResponse>, AppError> {
-    let user = ready_user(&session).await?;
+    let user = session::ready_user(&session).await?;
     let title = clean_text("title", &req.title, 1, 200)?;
     let participant = clean_text("participant", &req.participant, 0, 200)?;
     if !["auto", "es", "en"].contains(&req.language.as_str()) {
@@ -204,7 +196,7 @@ async fn audio_socket(
     Query(q): Query<SocketQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, AppError> {
-    let user = ready_user(&session).await?;
+    let user = session::ready_user(&session).await?;
     // Browsers always send Origin on WebSockets; cookies ride along from
     // any site, so only our own pages may open this socket.
     let origin = headers.get("origin").and_then(|v| v.to_str().ok());
@@ -385,7 +377,7 @@ async fn photo(
 ) -> Result<Json<serde_json::Value>, AppError> {
     let presented = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
     session::check_csrf(&session, presented).await?;
-    let user = ready_user(&session).await?;
+    let user = session::ready_user(&session).await?;
     let project = project_of(&s, &user, q.project_id).await?;
     if project.status != "recording" {
         return Err(AppError::Conflict(
@@ -455,7 +447,7 @@ async fn stop(
     session: Session,
     ApiJson(req): ApiJson<StopRequest>,
 ) -> Result<Response, AppError> {
-    let user = ready_user(&session).await?;
+    let user = session::ready_user(&session).await?;
     let project = project_of(&s, &user, req.project_id).await?;
     let limits = &s.config.limits;
     if req.last_seq < 0 || req.last_seq as i64 > limits.max_recording_secs / CHUNK_SECONDS + 1 {
@@ -536,7 +528,7 @@ async fn discard(
     session: Session,
     ApiJson(req): ApiJson<DiscardRequest>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let user = ready_user(&session).await?;
+    let user = session::ready_user(&session).await?;
     let done = sqlx::query(
         "UPDATE projects SET status = 'discarded', stopped_at = now()
           WHERE id = $1 AND user_id = $2 AND status = 'recording'",

@@ -34,6 +34,16 @@ pub async fn user(session: &Session) -> Result<Option<SessionUser>, AppError> {
     session.get(USER).await.map_err(store_err)
 }
 
+/// The signed-in user of an API call that needs finished key setup:
+/// 401 without a session, 403 for a temporary-password session.
+pub async fn ready_user(session: &Session) -> Result<SessionUser, AppError> {
+    match user(session).await? {
+        Some(u) if !u.setup_only => Ok(u),
+        Some(_) => Err(AppError::Forbidden),
+        None => Err(AppError::Unauthorized),
+    }
+}
+
 /// Starts a signed-in session under a fresh id (no fixation) with a fresh
 /// CSRF token, which it returns.
 pub async fn sign_in(session: &Session, user: SessionUser) -> Result<String, AppError> {

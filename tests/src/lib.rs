@@ -486,3 +486,40 @@ pub async fn worker_for(
     state.transcriber = transcriber;
     state
 }
+
+/// A stand-in for the speech engine that says exactly the given sentences,
+/// spread evenly over each segment. Tests of ordering, escaping, sealing and
+/// leaks need to know the exact text; the real engine is tested on its own
+/// and in the end-to-end browser test.
+pub struct Scripted(pub Vec<String>);
+
+impl Scripted {
+    pub fn new(lines: &[&str]) -> Scripted {
+        Scripted(lines.iter().map(|l| (*l).to_owned()).collect())
+    }
+}
+
+impl kiroku_pipeline::process::Transcriber for Scripted {
+    fn transcribe(
+        &self,
+        samples: &[f32],
+        _language: &str,
+    ) -> anyhow::Result<kiroku_pipeline::process::Transcript> {
+        let ms = (samples.len() * 1000 / 16_000) as i64;
+        let step = ms / self.0.len().max(1) as i64;
+        let lines = self
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, t)| kiroku_pipeline::process::compose::Line {
+                start_ms: i as i64 * step,
+                end_ms: (i as i64 + 1) * step,
+                text: t.clone(),
+            })
+            .collect();
+        Ok(kiroku_pipeline::process::Transcript {
+            language: Some("es".into()),
+            lines,
+        })
+    }
+}

@@ -10,10 +10,9 @@ use fred::interfaces::{ClientLike, KeysInterface};
 use futures_util::{SinkExt, StreamExt};
 use kiroku_crypto::kdf::Key32;
 use kiroku_crypto::{envelope, userkey};
-use kiroku_pipeline::process::compose::Line;
-use kiroku_pipeline::process::{self, Transcriber, Transcript};
+use kiroku_pipeline::process;
 use kiroku_storage::{Role, StorageError};
-use kiroku_tests::{Browser, TestApp, env, fixture, s3_store, worker_for};
+use kiroku_tests::{Browser, Scripted, TestApp, env, fixture, s3_store, worker_for};
 use serde_json::json;
 use sqlx::Row;
 use tokio_tungstenite::tungstenite::Message;
@@ -26,31 +25,6 @@ fn routine() -> Vec<String> {
         .filter(|l| !l.trim().is_empty())
         .map(str::to_owned)
         .collect()
-}
-
-/// Speaks the routine's own sentences, so the drill knows exactly what
-/// plaintext would look like if it leaked.
-struct Routine(Vec<String>);
-
-impl Transcriber for Routine {
-    fn transcribe(&self, samples: &[f32], _: &str) -> anyhow::Result<Transcript> {
-        let ms = (samples.len() * 1000 / 16_000) as i64;
-        let step = ms / self.0.len() as i64;
-        let lines = self
-            .0
-            .iter()
-            .enumerate()
-            .map(|(i, t)| Line {
-                start_ms: i as i64 * step,
-                end_ms: (i as i64 + 1) * step,
-                text: t.clone(),
-            })
-            .collect();
-        Ok(Transcript {
-            language: Some("es".into()),
-            lines,
-        })
-    }
 }
 
 /// Distinctive fragments of each sentence, lowercased.
@@ -206,7 +180,7 @@ async fn a_compromised_app_learns_nothing_of_the_routine() {
     assert_eq!(stop.status(), 200);
 
     // The workers turn it into a script.
-    let worker = worker_for(&app, Some(Arc::new(Routine(routine())))).await;
+    let worker = worker_for(&app, Some(Arc::new(Scripted(routine())))).await;
     let project_id: uuid::Uuid = project.parse().unwrap();
     process::prepare(&worker, project_id).await.unwrap();
     while process::transcribe(&worker, project_id).await.is_ok() {

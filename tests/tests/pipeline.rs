@@ -7,36 +7,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kiroku_crypto::{envelope, userkey};
-use kiroku_pipeline::process::compose::Line;
-use kiroku_pipeline::process::{self, Transcriber, Transcript};
+use kiroku_pipeline::process;
 use kiroku_storage::Role;
-use kiroku_tests::{TestApp, env, fixture, s3_store, worker_for};
+use kiroku_tests::{Scripted, TestApp, env, fixture, s3_store, worker_for};
 use uuid::Uuid;
-
-/// Says the same scripted words for every segment: the pipeline's own
-/// behaviour (escaping, ordering, sealing, cleanup) is what is tested here.
-struct Scripted(Vec<&'static str>);
-
-impl Transcriber for Scripted {
-    fn transcribe(&self, samples: &[f32], _language: &str) -> anyhow::Result<Transcript> {
-        let ms = (samples.len() * 1000 / 16_000) as i64;
-        let step = ms / self.0.len() as i64;
-        let lines = self
-            .0
-            .iter()
-            .enumerate()
-            .map(|(i, t)| Line {
-                start_ms: i as i64 * step,
-                end_ms: (i as i64 + 1) * step,
-                text: (*t).to_owned(),
-            })
-            .collect();
-        Ok(Transcript {
-            language: Some("es".into()),
-            lines,
-        })
-    }
-}
 
 /// WebM/Opus of a fixture, as a browser would record it.
 fn webm_of(wav: &str) -> Vec<u8> {
@@ -214,7 +188,7 @@ async fn a_stopped_recording_becomes_sealed_artifacts_and_nothing_else_remains()
         &[("astronaut.jpg", 5_000), ("rocket.jpg", 30_000)],
     )
     .await;
-    let words = Scripted(vec!["Buenas noches.", "Piense en una carta."]);
+    let words = Scripted::new(&["Buenas noches.", "Piense en una carta."]);
     let worker = worker_for(&app, Some(Arc::new(words))).await;
     run_pipeline(&worker, project).await;
 
@@ -295,7 +269,7 @@ async fn hostile_transcript_text_appears_literally_in_every_format() {
                  [a](javascript:alert(1)) back\\slash *star* _under_ @ref";
     let audio = webm_of("routine-en.wav");
     let project = stopped_recording(&app, &user_id, &audio, &[]).await;
-    let worker = worker_for(&app, Some(Arc::new(Scripted(vec![nasty])))).await;
+    let worker = worker_for(&app, Some(Arc::new(Scripted::new(&[nasty])))).await;
     run_pipeline(&worker, project).await;
     for (kind, bytes) in open_all(&app, project, &pair.private_pkcs8).await {
         let text = String::from_utf8_lossy(&bytes).into_owned();

@@ -4,7 +4,6 @@
 use bytes::Bytes;
 use kiroku_crypto::token::{KeyRing, Policy};
 use kiroku_crypto::{envelope, userkey};
-use kiroku_runtime::Env;
 use kiroku_storage::Role;
 use kiroku_tests::{TestApp, env, s3_store};
 use serde_json::json;
@@ -224,21 +223,7 @@ async fn deleting_a_project_removes_its_ciphertext_and_rows_through_a_worker() {
     assert_eq!(job.project_id, project);
 
     // A worker runs it (twice: it must be safe to repeat).
-    let e = env();
-    let mut pairs: Vec<(String, String)> = kiroku_runtime::KNOWN
-        .iter()
-        .filter_map(|k| e.get(k).map(|v| ((*k).to_owned(), v.to_owned())))
-        .collect();
-    pairs.retain(|(k, _)| k != "KIROKU_STORAGE" && k != "KIROKU_WORKER_DATABASE_URL");
-    pairs.push(("KIROKU_STORAGE".into(), "s3".into()));
-    pairs.push((
-        "KIROKU_WORKER_DATABASE_URL".into(),
-        app.db.worker_url.clone(),
-    ));
-    let wenv = Env::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let state = kiroku_pipeline::connect(kiroku_pipeline::WorkerConfig::from_env(&wenv).unwrap())
-        .await
-        .unwrap();
+    let state = kiroku_tests::worker_for(&app, None).await;
     kiroku_pipeline::cleanup::delete_project(&state, project)
         .await
         .unwrap();
@@ -285,21 +270,7 @@ async fn the_worker_refuses_to_delete_a_project_not_marked_for_deletion() {
     let app = TestApp::start(&[]).await;
     let (_, owner_id, pair) = app.ready_browser("tina").await;
     let (project, _, key) = finished_project(&app, &owner_id, &pair.public_spki).await;
-    let e = env();
-    let mut pairs: Vec<(String, String)> = kiroku_runtime::KNOWN
-        .iter()
-        .filter_map(|k| e.get(k).map(|v| ((*k).to_owned(), v.to_owned())))
-        .collect();
-    pairs.retain(|(k, _)| k != "KIROKU_STORAGE" && k != "KIROKU_WORKER_DATABASE_URL");
-    pairs.push(("KIROKU_STORAGE".into(), "s3".into()));
-    pairs.push((
-        "KIROKU_WORKER_DATABASE_URL".into(),
-        app.db.worker_url.clone(),
-    ));
-    let wenv = Env::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let state = kiroku_pipeline::connect(kiroku_pipeline::WorkerConfig::from_env(&wenv).unwrap())
-        .await
-        .unwrap();
+    let state = kiroku_tests::worker_for(&app, None).await;
     assert!(
         kiroku_pipeline::cleanup::delete_project(&state, project)
             .await
