@@ -13,6 +13,8 @@ pub struct AppConfig {
     pub public_url: String,
     pub export_public_url: String,
     pub database_url: String,
+    /// The most connections the app holds open to PostgreSQL.
+    pub database_pool: u32,
     pub session_redis_url: String,
     pub queue_redis_url: String,
     pub storage: StorageConfig,
@@ -103,6 +105,7 @@ impl AppConfig {
                 "KIROKU_APP_DATABASE_URL",
                 "postgres://kiroku_app@127.0.0.1:5432/kiroku",
             ),
+            database_pool: env.parse_or("KIROKU_APP_DATABASE_POOL", 20)?,
             session_redis_url: env.or("KIROKU_SESSION_REDIS_URL", "redis://127.0.0.1:6379/0"),
             queue_redis_url: env.or("KIROKU_QUEUE_REDIS_URL", "redis://127.0.0.1:6379/1"),
             storage: StorageConfig::from_env(env)?,

@@ -38,7 +38,7 @@ pub async fn redis_pool(url: &str) -> anyhow::Result<fred::clients::Pool> {
 /// Connects everything the server needs.
 pub async fn state(config: AppConfig) -> anyhow::Result<web::AppState> {
     config.storage.require(Role::App)?;
-    let db = db::connect(&config.database_url)
+    let db = db::connect_pool(&config.database_url, config.database_pool)
         .await
         .context("cannot connect to PostgreSQL")?;
     let sessions = redis_pool(&config.session_redis_url)

@@ -300,17 +300,23 @@ async fn store_chunk(
     seq: u32,
     audio: Bytes,
 ) -> Result<(), AppError> {
-    let state = project_of(s, user, project).await?;
-    if state.status != "recording" {
+    // One round trip for both questions: is the project still recording,
+    // and is this chunk already stored?
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT p.status,
+                EXISTS (SELECT 1 FROM chunks c WHERE c.project_id = p.id AND c.seq = $3)
+           FROM projects p WHERE p.id = $1 AND p.user_id = $2",
+    )
+    .bind(project)
+    .bind(user.id)
+    .bind(seq as i32)
+    .fetch_optional(&s.db)
+    .await?;
+    let (status, stored) = row.ok_or(AppError::NotFound)?;
+    if status != "recording" {
         return Err(AppError::Conflict("stopped".into()));
     }
-    let exists: Option<i32> =
-        sqlx::query_scalar("SELECT size FROM chunks WHERE project_id = $1 AND seq = $2")
-            .bind(project)
-            .bind(seq as i32)
-            .fetch_optional(&s.db)
-            .await?;
-    if exists.is_some() {
+    if stored {
         return Ok(()); // a resend: already durable, never overwritten
     }
     let key = chunk_key(user.id, project, seq);

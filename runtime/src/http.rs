@@ -42,6 +42,14 @@ pub fn observe(router: Router) -> Router {
 /// Serves `router` on `listener` until SIGINT or SIGTERM, then lets
 /// requests in flight finish.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Small answers (a chunk's acknowledgement) go out at once instead of
+    // waiting for Nagle's algorithm to batch them with nothing.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
