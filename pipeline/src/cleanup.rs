@@ -45,7 +45,14 @@ pub async fn delete_project(state: &WorkerState, project: Uuid) -> anyhow::Resul
         }
     }
     let mut tx = state.db.begin().await?;
-    for table in ["artifacts", "chunks", "photos"] {
+    // Transcripts too: a project deleted mid-processing still has them.
+    for table in [
+        "artifacts",
+        "chunks",
+        "photos",
+        "segments",
+        "transcript_lines",
+    ] {
         sqlx::query(&format!("DELETE FROM {table} WHERE project_id = $1"))
             .bind(project)
             .execute(&mut *tx)

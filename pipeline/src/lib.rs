@@ -148,8 +148,7 @@ async fn readyz(State(s): State<WorkerState>) -> impl IntoResponse {
     kiroku_runtime::http::readiness(checks).await
 }
 
-/// The handler of each job kind this worker runs (see the limitation in
-/// [`run`]).
+/// The handler of each job kind this worker runs.
 pub fn handlers(state: WorkerState) -> Handlers {
     fn job<F, Fut>(state: &WorkerState, f: F) -> impl queue::JobHandler
     where
@@ -219,12 +218,6 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} (KIROKU_WORKER_LISTEN)"))?;
     tracing::info!(address = %listen, "worker health endpoint listening");
-    // LIMITATION: the job bodies are not written yet (issue 5). The queue
-    // delivers, retries and dead-letters jobs, but the only handler is a
-    // placeholder for `prepare` that fails, so the job ends in the
-    // dead-letter stream (replayable) and the project stays `queued`.
-    // Assembly, transcription, rendering, sealing and the cleanup of
-    // discarded recordings are all missing.
     let queue = Queue::new(&state.queue, queue_config, handlers(state.clone()))
         .await
         .context("cannot join the job queue (KIROKU_QUEUE_REDIS_URL)")?;

@@ -578,7 +578,7 @@ async fn ensure_group(redis: &Client, config: &QueueConfig) -> Result<(), QueueE
 
 /// Aborts the task when dropped, so that a stopped consumer leaves no job
 /// running (nor heartbeating) behind.
-struct AbortOnDrop<T>(JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

@@ -5,85 +5,11 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use kiroku_crypto::{envelope, userkey};
 use kiroku_pipeline::process;
 use kiroku_storage::Role;
-use kiroku_tests::{Scripted, TestApp, env, fixture, s3_store, worker_for};
+use kiroku_tests::pipeline::{leftovers, open_all, stopped_recording, webm_of};
+use kiroku_tests::{Scripted, TestApp, env, s3_store, worker_for};
 use uuid::Uuid;
-
-/// WebM/Opus of a fixture, as a browser would record it.
-fn webm_of(wav: &str) -> Vec<u8> {
-    let out = std::env::temp_dir().join(format!("kiroku-{}.webm", Uuid::new_v4()));
-    let status = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(fixture(wav))
-        .args(["-c:a", "libopus", "-b:a", "32k", "-f", "webm"])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let bytes = std::fs::read(&out).unwrap();
-    std::fs::remove_file(out).ok();
-    bytes
-}
-
-/// A stopped recording as the app leaves it: chunks and photos in ingest,
-/// their rows, and the project queued.
-async fn stopped_recording(
-    app: &TestApp,
-    user_id: &str,
-    audio: &[u8],
-    photos: &[(&str, i64)],
-) -> Uuid {
-    let user: Uuid = user_id.parse().unwrap();
-    let project = Uuid::new_v4();
-    let chunks: Vec<&[u8]> = audio.chunks(audio.len().div_ceil(4)).collect();
-    sqlx::query(
-        "INSERT INTO projects (id, user_id, title, participant, language, status, last_seq, duration_ms)
-         VALUES ($1, $2, 'La carta #1', 'Ana', 'es', 'queued', $3, 53000)",
-    )
-    .bind(project)
-    .bind(user)
-    .bind(chunks.len() as i32 - 1)
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    let store = s3_store(&env(), Role::App);
-    for (seq, c) in chunks.iter().enumerate() {
-        let key = format!("ingest/{user}/{project}/chunks/{seq:06}");
-        store.put(&key, Bytes::copy_from_slice(c)).await.unwrap();
-        sqlx::query(
-            "INSERT INTO chunks (project_id, seq, size, object_key) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(project)
-        .bind(seq as i32)
-        .bind(c.len() as i32)
-        .bind(&key)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    }
-    for (name, offset) in photos {
-        let id = Uuid::new_v4();
-        let key = format!("ingest/{user}/{project}/photos/{id}");
-        let bytes = std::fs::read(fixture(&format!("photos/{name}"))).unwrap();
-        store.put(&key, Bytes::from(bytes.clone())).await.unwrap();
-        sqlx::query(
-            "INSERT INTO photos (id, project_id, offset_ms, content_type, size, object_key)
-             VALUES ($1, $2, $3, 'image/jpeg', $4, $5)",
-        )
-        .bind(id)
-        .bind(project)
-        .bind(offset)
-        .bind(bytes.len() as i32)
-        .bind(&key)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    }
-    project
-}
 
 /// Runs the job chain the way the queue would, one job at a time.
 async fn run_pipeline(worker: &kiroku_pipeline::WorkerState, project: Uuid) {
@@ -100,32 +26,6 @@ async fn run_pipeline(worker: &kiroku_pipeline::WorkerState, project: Uuid) {
             .expect("transcribe");
     }
     process::finalize(worker, project).await.expect("finalize");
-}
-
-/// Every artifact of the project, opened with the owner's private key.
-async fn open_all(app: &TestApp, project: Uuid, pkcs8: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let private = userkey::parse_private_key(pkcs8).unwrap();
-    let rows: Vec<(Uuid, String, String, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, kind, object_key, dek_enc FROM artifacts WHERE project_id = $1 ORDER BY kind",
-    )
-    .bind(project)
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    let store = s3_store(&env(), Role::Export);
-    let mut out = Vec::new();
-    for (id, kind, key, dek_enc) in rows {
-        let object = store
-            .get(&key, None)
-            .await
-            .unwrap()
-            .into_bytes()
-            .await
-            .unwrap();
-        let plain = envelope::open(&private, &id.to_string(), &kind, &dek_enc, &object).unwrap();
-        out.push((kind, plain.to_vec()));
-    }
-    out
 }
 
 fn docx_text(bytes: &[u8]) -> String {
@@ -164,16 +64,6 @@ fn pdf_text(bytes: &[u8]) -> String {
 
 fn squeezed(text: &str) -> String {
     text.chars().filter(|c| !c.is_whitespace()).collect()
-}
-
-async fn leftovers(user_id: &str, project: Uuid) -> Vec<String> {
-    let store = s3_store(&env(), Role::Worker);
-    let mut keys = store
-        .list(&format!("ingest/{user_id}/{project}/"))
-        .await
-        .unwrap();
-    keys.extend(store.list(&format!("work/{project}/")).await.unwrap());
-    keys
 }
 
 #[tokio::test]
@@ -351,6 +241,133 @@ async fn an_incomplete_recording_is_refused_before_anything_is_decoded() {
     for k in leftovers(&user_id, project).await {
         s3_store(&env(), Role::Worker).delete(&k).await.unwrap();
     }
+    worker.db.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn spoken_inner_life_cues_become_a_labelled_block_in_every_format() {
+    let app = TestApp::start(&[]).await;
+    let (_, user_id, pair) = app.ready_browser("rio").await;
+    let audio = webm_of("routine-es.wav");
+    let project = stopped_recording(&app, &user_id, &audio, &[]).await;
+    let said = Scripted::new(&[
+        "Piense en un número.",
+        "Vida interna: ya sé que dirá treinta y siete.",
+        "Vuelvo al show. ¿Es correcto?",
+    ]);
+    let worker = worker_for(&app, Some(Arc::new(said))).await;
+    run_pipeline(&worker, project).await;
+    for (kind, bytes) in open_all(&app, project, &pair.private_pkcs8).await {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        match kind.as_str() {
+            "md" => assert!(
+                text.contains(
+                    "> **Vida interna**\n>\n> Ya sé que dirá treinta y siete.\n\n¿Es correcto?"
+                ),
+                "{text}"
+            ),
+            "html" => assert!(
+                text.contains(
+                    "<p class=\"inner inner-label\">Vida interna</p>\n\
+                     <p class=\"inner\">Ya sé que dirá treinta y siete.</p>\n<p>¿Es correcto?"
+                ),
+                "{text}"
+            ),
+            "docx" => {
+                let xml = docx_text(&bytes);
+                let label = xml.find("Vida interna").expect("label in the DOCX");
+                let inner = xml
+                    .find("Ya sé que dirá treinta y siete.")
+                    .expect("inner text");
+                assert!(label < inner);
+                let styled = &xml[..inner];
+                assert!(
+                    styled[styled
+                        .rfind("<w:p>")
+                        .or_else(|| styled.rfind("<w:p "))
+                        .unwrap()..]
+                        .contains("w:val=\"InnerLife\""),
+                    "the inner text's paragraph has the InnerLife style"
+                );
+                assert!(!xml.to_lowercase().contains("vuelvo al show"));
+            }
+            "pdf" => {
+                let pdf = pdf_text(&bytes);
+                assert!(
+                    pdf.contains("VIDAINTERNA") && pdf.contains("Yaséquedirátreintaysiete."),
+                    "{pdf}"
+                );
+                assert!(!pdf.to_lowercase().contains("vuelvoalshow"), "{pdf}");
+            }
+            _ => unreachable!(),
+        }
+        if kind == "md" || kind == "html" {
+            // (The DOCX and PDF texts are checked above, uncompressed.)
+            assert!(
+                !text.to_lowercase().contains("vida interna:"),
+                "the cue itself is left out of the {kind}"
+            );
+        }
+    }
+    worker.db.close().await;
+    app.stop().await;
+}
+
+/// The photos embedded in an HTML script, decoded.
+fn html_photos(html: &str) -> Vec<image::RgbImage> {
+    use base64::Engine;
+    html.split("data:image/jpeg;base64,")
+        .skip(1)
+        .map(|rest| {
+            let b64 = &rest[..rest.find('"').expect("end of the data URL")];
+            let jpeg = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            image::load_from_memory(&jpeg).unwrap().to_rgb8()
+        })
+        .collect()
+}
+
+/// The share of pixels whose colour is neither grey nor sepia: a photo has
+/// many, a drawing in ink on paper almost none.
+fn colourful(img: &image::RgbImage) -> f64 {
+    let vivid = img
+        .pixels()
+        .filter(|p| {
+            let (r, g, b) = (i32::from(p[0]), i32::from(p[1]), i32::from(p[2]));
+            // Sepia runs r ≥ g ≥ b with small steps; anything else is colour.
+            g - r > 12 || b - g > 12 || r - b > 60
+        })
+        .count();
+    vivid as f64 / img.pixels().len() as f64
+}
+
+#[tokio::test]
+async fn the_stylize_switch_draws_the_photos_and_without_it_they_stay_photos() {
+    let app = TestApp::start(&[]).await;
+    let (_, user_id, pair) = app.ready_browser("eva").await;
+    let audio = webm_of("routine-es.wav");
+    let worker = worker_for(&app, Some(Arc::new(Scripted::new(&["Mire esta taza."])))).await;
+    let mut vividness = Vec::new();
+    for stylize in [true, false] {
+        let project = stopped_recording(&app, &user_id, &audio, &[("coffee.jpg", 2_000)]).await;
+        sqlx::query("UPDATE projects SET stylize = $2 WHERE id = $1")
+            .bind(project)
+            .bind(stylize)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        run_pipeline(&worker, project).await;
+        let files = open_all(&app, project, &pair.private_pkcs8).await;
+        let html = files.iter().find(|(k, _)| k == "html").unwrap();
+        let photos = html_photos(std::str::from_utf8(&html.1).unwrap());
+        assert_eq!(photos.len(), 1);
+        vividness.push(colourful(&photos[0]));
+    }
+    let (drawn, photo) = (vividness[0], vividness[1]);
+    assert!(drawn < 0.02, "the styled photo is ink on paper ({drawn} colourful)");
+    assert!(photo > 0.2, "the unstyled photo keeps its colours ({photo} colourful)");
     worker.db.close().await;
     app.stop().await;
 }

@@ -1,6 +1,7 @@
 //! From transcript lines and photos to the script: paragraphs in time
 //! order with each photo placed right after the line being spoken when it
-//! was taken, and its Markdown and HTML renderings.
+//! was taken, inner-life blocks marked ([`super::script`]), and its
+//! Markdown and HTML renderings.
 //!
 //! Transcript text is data everywhere: it is escaped for Markdown and HTML
 //! here and never spliced into any markup unescaped.
@@ -51,6 +52,9 @@ pub enum Item {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Paragraph {
     pub items: Vec<Item>,
+    /// Part of a "vida interna" block: what the performer thinks, not what
+    /// the audience hears.
+    pub inner: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -78,12 +82,13 @@ pub fn compose(meta: Meta, mut lines: Vec<Line>, mut photos: Vec<Photo>) -> Docu
     lines.retain(|l| !l.text.trim().is_empty());
     lines.sort_by_key(|l| (l.start_ms, l.end_ms));
     photos.sort_by_key(|p| p.offset_ms);
+    let lines = super::script::mark_inner_life(lines);
 
     // Which line each photo follows: the last line started at or before it.
     let mut after_line: Vec<Vec<usize>> = vec![Vec::new(); lines.len()];
     let mut before_all = Vec::new();
     for (i, p) in photos.iter().enumerate() {
-        match lines.iter().rposition(|l| l.start_ms <= p.offset_ms) {
+        match lines.iter().rposition(|l| l.line.start_ms <= p.offset_ms) {
             Some(li) => after_line[li].push(i),
             None => before_all.push(i),
         }
@@ -91,17 +96,24 @@ pub fn compose(meta: Meta, mut lines: Vec<Line>, mut photos: Vec<Photo>) -> Docu
 
     let mut paragraphs: Vec<Paragraph> = Vec::new();
     let mut current: Vec<Item> = before_all.into_iter().map(Item::Photo).collect();
+    let mut inner = lines.first().is_some_and(|l| l.inner);
     let mut lines_in_current = 0;
     let mut last_end: Option<i64> = None;
-    for (li, line) in lines.iter().enumerate() {
+    for (li, marked) in lines.iter().enumerate() {
+        let line = &marked.line;
         let pause = last_end.map(|e| line.start_ms - e).unwrap_or(0);
-        if lines_in_current > 0
-            && (pause > PARAGRAPH_PAUSE_MS || lines_in_current >= MAX_LINES_PER_PARAGRAPH)
+        if marked.inner != inner
+            || (lines_in_current > 0
+                && (pause > PARAGRAPH_PAUSE_MS || lines_in_current >= MAX_LINES_PER_PARAGRAPH))
         {
-            paragraphs.push(Paragraph {
-                items: std::mem::take(&mut current),
-            });
+            if !current.is_empty() {
+                paragraphs.push(Paragraph {
+                    items: std::mem::take(&mut current),
+                    inner,
+                });
+            }
             lines_in_current = 0;
+            inner = marked.inner;
         }
         current.push(Item::Text(line.text.trim().to_owned()));
         lines_in_current += 1;
@@ -109,7 +121,10 @@ pub fn compose(meta: Meta, mut lines: Vec<Line>, mut photos: Vec<Photo>) -> Docu
         last_end = Some(line.end_ms);
     }
     if !current.is_empty() {
-        paragraphs.push(Paragraph { items: current });
+        paragraphs.push(Paragraph {
+            items: current,
+            inner,
+        });
     }
     Document {
         meta,
@@ -118,12 +133,23 @@ pub fn compose(meta: Meta, mut lines: Vec<Line>, mut photos: Vec<Photo>) -> Docu
     }
 }
 
+/// Whether paragraph `i` opens an inner-life block (and so takes its label).
+pub fn opens_block(doc: &Document, i: usize) -> bool {
+    doc.paragraphs[i].inner && (i == 0 || !doc.paragraphs[i - 1].inner)
+}
+
 struct Labels {
     participant: &'static str,
     date: &'static str,
     duration: &'static str,
     photo: &'static str,
     empty: &'static str,
+    inner: &'static str,
+}
+
+/// The heading of an inner-life block in the document's language.
+pub fn inner_life_label(lang: DocLang) -> &'static str {
+    labels(lang).inner
 }
 
 fn labels(lang: DocLang) -> Labels {
@@ -134,6 +160,7 @@ fn labels(lang: DocLang) -> Labels {
             duration: "Duración",
             photo: "Foto",
             empty: "(No se reconoció texto en la grabación.)",
+            inner: "Vida interna",
         },
         DocLang::En => Labels {
             participant: "Participant",
@@ -141,6 +168,7 @@ fn labels(lang: DocLang) -> Labels {
             duration: "Duration",
             photo: "Photo",
             empty: "(No speech was recognised in the recording.)",
+            inner: "Inner life",
         },
     }
 }
@@ -216,29 +244,49 @@ pub fn markdown(doc: &Document) -> String {
     if doc.has_no_text() {
         out.push_str(&format!("{}\n\n", md_escape(l.empty)));
     }
-    for p in &doc.paragraphs {
+    // Each paragraph and photo is a piece; an inner-life block is one
+    // block quote under its label, photos included, so its pieces are
+    // joined by quoted blank lines.
+    let mut pieces: Vec<(bool, String)> = Vec::new();
+    for (pi, p) in doc.paragraphs.iter().enumerate() {
+        if opens_block(doc, pi) {
+            pieces.push((true, format!("**{}**", l.inner)));
+        }
         let mut text: Vec<String> = Vec::new();
         for item in &p.items {
             match item {
                 Item::Text(t) => text.push(md_escape(t)),
                 Item::Photo(i) => {
                     if !text.is_empty() {
-                        out.push_str(&text.join(" "));
-                        out.push_str("\n\n");
+                        pieces.push((p.inner, text.join(" ")));
                         text.clear();
                     }
-                    out.push_str(&format!(
-                        "![{}](data:image/jpeg;base64,{})\n\n",
-                        md_escape(&photo_caption(doc, *i)),
-                        STANDARD.encode(&doc.photos[*i].jpeg)
+                    pieces.push((
+                        p.inner,
+                        format!(
+                            "![{}](data:image/jpeg;base64,{})",
+                            md_escape(&photo_caption(doc, *i)),
+                            STANDARD.encode(&doc.photos[*i].jpeg)
+                        ),
                     ));
                 }
             }
         }
         if !text.is_empty() {
-            out.push_str(&text.join(" "));
-            out.push_str("\n\n");
+            pieces.push((p.inner, text.join(" ")));
         }
+    }
+    for (i, (inner, piece)) in pieces.iter().enumerate() {
+        if *inner {
+            out.push_str("> ");
+        }
+        out.push_str(piece);
+        let next_inner = pieces.get(i + 1).is_some_and(|(n, _)| *n);
+        out.push_str(if *inner && next_inner {
+            "\n>\n"
+        } else {
+            "\n\n"
+        });
     }
     out
 }
@@ -247,7 +295,9 @@ const STYLE: &str = "body{font-family:Georgia,'Iowan Old Style',serif;max-width:
 padding:0 1rem;line-height:1.6;color:#1d1a16;background:#fffdf8}h1{font-size:2rem;margin-bottom:.3rem}\
 .meta{color:#6b645a;margin:0 0 2rem}.meta span{margin-right:1.2rem}p{margin:0 0 1rem;text-align:justify;\
 hyphens:auto}figure{margin:1.2rem 0;text-align:center}figure img{max-width:100%;height:auto;border-radius:6px}\
-figcaption{color:#6b645a;font-size:.9rem}@media print{body{margin:0;max-width:none;background:#fff}\
+figcaption{color:#6b645a;font-size:.9rem}p.inner{font-style:italic;border-left:3px solid #b9ab92;\
+padding-left:1rem;color:#4a443c}p.inner-label{font-style:normal;font-weight:bold;font-size:.85rem;\
+letter-spacing:.05em;text-transform:uppercase;margin-bottom:.3rem}@media print{body{margin:0;max-width:none;background:#fff}\
 figure{break-inside:avoid}h1{break-after:avoid}@page{margin:2cm}}";
 
 pub fn html(doc: &Document) -> String {
@@ -283,11 +333,19 @@ pub fn html(doc: &Document) -> String {
     if doc.has_no_text() {
         out.push_str(&format!("<p>{}</p>\n", html_escape(l.empty)));
     }
-    for p in &doc.paragraphs {
+    for (pi, p) in doc.paragraphs.iter().enumerate() {
+        if opens_block(doc, pi) {
+            out.push_str(&format!("<p class=\"inner inner-label\">{}</p>\n", l.inner));
+        }
+        let open = if p.inner {
+            "<p class=\"inner\">"
+        } else {
+            "<p>"
+        };
         let mut text: Vec<String> = Vec::new();
         let flush = |text: &mut Vec<String>, out: &mut String| {
             if !text.is_empty() {
-                out.push_str(&format!("<p>{}</p>\n", text.join(" ")));
+                out.push_str(&format!("{open}{}</p>\n", text.join(" ")));
                 text.clear();
             }
         };
@@ -368,6 +426,68 @@ mod tests {
         assert_eq!(
             doc.paragraphs[1].items,
             vec![Item::Text("Ahora mírela.".into()), Item::Photo(2)]
+        );
+    }
+
+    #[test]
+    fn inner_life_cues_make_their_own_labelled_paragraphs_in_markdown_and_html() {
+        let lines = vec![
+            line(0, 1000, "Piense en un número."),
+            line(1100, 2000, "Vida interna: sé que dirá treinta y siete."),
+            line(2100, 3000, "Miro su <bufanda>."),
+            line(3100, 4000, "Vuelvo al show. ¿Es correcto?"),
+        ];
+        let doc = compose(meta(), lines, vec![photo(2500)]);
+        let shape: Vec<(bool, usize)> = doc
+            .paragraphs
+            .iter()
+            .map(|p| (p.inner, p.items.len()))
+            .collect();
+        assert_eq!(shape, vec![(false, 1), (true, 3), (false, 1)]);
+        assert!(opens_block(&doc, 1) && !opens_block(&doc, 0) && !opens_block(&doc, 2));
+        assert_eq!(
+            doc.paragraphs[1].items,
+            vec![
+                Item::Text("Sé que dirá treinta y siete.".into()),
+                Item::Text("Miro su <bufanda>.".into()),
+                Item::Photo(0),
+            ]
+        );
+
+        let md = markdown(&doc);
+        assert!(
+            md.contains(
+                "> **Vida interna**\n>\n> Sé que dirá treinta y siete. Miro su \\<bufanda\\>.\n>\n> ![Foto 1"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("\n\n¿Es correcto?\n\n"), "{md}");
+        assert!(!md.to_lowercase().contains("vuelvo al show"));
+        let html = html(&doc);
+        assert!(
+            html.contains(
+                "<p class=\"inner inner-label\">Vida interna</p>\n<p class=\"inner\">Sé que dirá treinta y siete. \
+                 Miro su &lt;bufanda&gt;.</p>\n<figure>"
+            ),
+            "{html}"
+        );
+        assert!(html.contains("<p>¿Es correcto?</p>"));
+        let en = compose(
+            Meta {
+                lang: DocLang::En,
+                ..meta()
+            },
+            vec![line(
+                0,
+                1000,
+                "Inner life. She will say 37. Back to the show.",
+            )],
+            vec![],
+        );
+        assert!(
+            markdown(&en).contains("> **Inner life**\n>\n> She will say 37.\n"),
+            "{}",
+            markdown(&en)
         );
     }
 

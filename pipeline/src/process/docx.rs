@@ -35,6 +35,25 @@ fn styles(doc: Docx) -> Docx {
             .size(18)
             .italic(),
     )
+    // Inner-life blocks: indented italics under a small bold label, so a
+    // performer can restyle them all at once in their word processor.
+    .add_style(
+        Style::new("InnerLife", StyleType::Paragraph)
+            .name("Inner life")
+            .italic()
+            .color("4A443C")
+            .indent(Some(567), None, None, None)
+            .based_on("Normal"),
+    )
+    .add_style(
+        Style::new("InnerLifeLabel", StyleType::Paragraph)
+            .name("Inner life label")
+            .bold()
+            .size(18)
+            .indent(Some(567), None, None, None)
+            .based_on("Normal")
+            .next("InnerLife"),
+    )
 }
 
 pub fn render(doc: &Document, pngs: &[Vec<u8>]) -> Result<Vec<u8>, String> {
@@ -57,8 +76,22 @@ pub fn render(doc: &Document, pngs: &[Vec<u8>]) -> Result<Vec<u8>, String> {
     facts.push(format!("{duration}: {}", compose::clock(m.duration_ms)));
     out = out
         .add_paragraph(Paragraph::new().add_run(Run::new().add_text(facts.join(" · ")).italic()));
-    for p in &doc.paragraphs {
-        let mut para = Paragraph::new();
+    for (pi, p) in doc.paragraphs.iter().enumerate() {
+        if compose::opens_block(doc, pi) {
+            out = out.add_paragraph(
+                Paragraph::new()
+                    .style("InnerLifeLabel")
+                    .add_run(Run::new().add_text(compose::inner_life_label(m.lang))),
+            );
+        }
+        let fresh = || {
+            if p.inner {
+                Paragraph::new().style("InnerLife")
+            } else {
+                Paragraph::new()
+            }
+        };
+        let mut para = fresh();
         let mut has_text = false;
         for item in &p.items {
             match item {
@@ -69,7 +102,7 @@ pub fn render(doc: &Document, pngs: &[Vec<u8>]) -> Result<Vec<u8>, String> {
                 }
                 Item::Photo(i) => {
                     if has_text {
-                        out = out.add_paragraph(std::mem::take(&mut para));
+                        out = out.add_paragraph(std::mem::replace(&mut para, fresh()));
                         has_text = false;
                     }
                     let photo = &doc.photos[*i];

@@ -7,9 +7,12 @@ pub mod docx;
 pub mod engine;
 pub mod pdf;
 pub mod photos;
+pub mod script;
 pub mod segment;
+pub mod style;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -216,26 +219,70 @@ pub async fn transcribe(state: &WorkerState, project: Uuid) -> anyhow::Result<()
     let Some(language) = language else {
         return Ok(());
     };
-    // A segment left `working` by a crashed worker is taken again later.
-    let claimed: Option<(i32, i64, String)> = sqlx::query_as(
-        "UPDATE segments SET status = 'working', claimed_at = now()
-          WHERE (project_id, idx) = (
-                SELECT project_id, idx FROM segments
-                 WHERE project_id = $1
-                   AND (status = 'pending' OR (status = 'working' AND claimed_at < now() - interval '15 minutes'))
-                 ORDER BY idx LIMIT 1 FOR UPDATE SKIP LOCKED)
-         RETURNING idx, start_ms, object_key",
-    )
-    .bind(project)
-    .fetch_optional(&state.db)
-    .await?;
+    // A segment is `working` while a worker's heartbeat keeps its claim
+    // fresh. One whose heartbeat stopped longer than the queue's visibility
+    // timeout ago belongs to a dead worker (the queue hands that worker's
+    // jobs out again after the same timeout) and is taken again. A job that
+    // finds only live claims waits for them: if one of them dies, the job
+    // that held it may be dead-lettered with it, and this job is then the
+    // one that finishes the segment.
+    let stale_secs = state.config.queue.visibility.as_secs_f64().max(1.0);
+    let claimed = loop {
+        let claimed: Option<(i32, i64, String)> = sqlx::query_as(
+            "UPDATE segments SET status = 'working', claimed_at = now()
+              WHERE (project_id, idx) = (
+                    SELECT project_id, idx FROM segments
+                     WHERE project_id = $1
+                       AND (status = 'pending'
+                            OR (status = 'working' AND claimed_at < now() - make_interval(secs => $2)))
+                     ORDER BY idx LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING idx, start_ms, object_key",
+        )
+        .bind(project)
+        .bind(stale_secs)
+        .fetch_optional(&state.db)
+        .await?;
+        if claimed.is_some() {
+            break claimed;
+        }
+        let working: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM segments WHERE project_id = $1 AND status = 'working'",
+        )
+        .bind(project)
+        .fetch_one(&state.db)
+        .await?;
+        if working == 0 {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_secs_f64((stale_secs / 3.0).min(10.0))).await;
+    };
     if let Some((idx, start_ms, key)) = claimed {
+        // Aborted when dropped, so a cancelled or panicking job stops
+        // renewing a claim it no longer works on.
+        let heartbeat = {
+            let (db, every) = (state.db.clone(), Duration::from_secs_f64(stale_secs / 3.0));
+            crate::queue::AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let _ = sqlx::query(
+                        "UPDATE segments SET claimed_at = now()
+                          WHERE project_id = $1 AND idx = $2 AND status = 'working'",
+                    )
+                    .bind(project)
+                    .bind(idx)
+                    .execute(&db)
+                    .await;
+                }
+            }))
+        };
         let result = transcribe_segment(state, &key, &language).await;
+        drop(heartbeat);
         let transcript = match result {
             Ok(t) => t,
             Err(e) => {
                 sqlx::query(
-                    "UPDATE segments SET status = 'pending' WHERE project_id = $1 AND idx = $2",
+                    "UPDATE segments SET status = 'pending'
+                      WHERE project_id = $1 AND idx = $2 AND status = 'working'",
                 )
                 .bind(project)
                 .bind(idx)
@@ -388,18 +435,25 @@ struct ProjectRow {
     status: String,
     created_at: time::OffsetDateTime,
     duration_ms: Option<i64>,
+    stylize: bool,
 }
 
 /// Writes, seals and stores the script, then deletes everything else of
 /// the project. Nothing is deleted before the new artifacts are recorded.
 pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
     let row: Option<ProjectRow> = sqlx::query_as(
-        "SELECT user_id, title, participant, language, status, created_at, duration_ms FROM projects WHERE id = $1",
+        "SELECT user_id, title, participant, language, status, created_at, duration_ms, stylize
+           FROM projects WHERE id = $1",
     )
     .bind(project)
     .fetch_optional(&state.db)
     .await?;
     let Some(p) = row else { return Ok(()) };
+    if p.status == "ready" {
+        // A worker that died after recording the artifacts may not have
+        // cleaned up: do it again (it is idempotent).
+        return forget_all_but_the_script(state, p.user_id, project).await;
+    }
     if p.status != "processing" {
         return Ok(());
     }
@@ -429,7 +483,18 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
     let mut pngs = Vec::new();
     for (id, offset_ms, key) in photo_rows {
         let bytes = state.store.get(&key, None).await?.into_bytes().await?;
-        match tokio::task::spawn_blocking(move || photos::prepare(&bytes)).await? {
+        // LIMITATION: only the local style exists; the Gemini and OpenAI
+        // image engines and a per-user daily quota are still to come (issue 6).
+        let stylize = p.stylize;
+        let prepared = tokio::task::spawn_blocking(move || {
+            let upright = photos::upright(&bytes)?;
+            if stylize {
+                photos::encode(&style::magic_book(&upright))
+            } else {
+                photos::encode(&upright)
+            }
+        });
+        match prepared.await? {
             Ok(prepared) => {
                 photos.push(Photo {
                     offset_ms,
@@ -494,12 +559,23 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
         ));
     }
 
-    let old: Vec<String> =
-        sqlx::query_scalar("SELECT object_key FROM artifacts WHERE project_id = $1")
-            .bind(project)
-            .fetch_all(&state.db)
-            .await?;
     let mut tx = state.db.begin().await?;
+    // Two runs of this job can overlap (a stalled worker's job is handed out
+    // again after the visibility timeout). The row lock makes them take
+    // turns here: the first to commit wins, and the other, finding the
+    // project no longer processing, removes only what it uploaded itself.
+    let status: String = sqlx::query_scalar("SELECT status FROM projects WHERE id = $1 FOR UPDATE")
+        .bind(project)
+        .fetch_one(&mut *tx)
+        .await?;
+    if status != "processing" {
+        tx.rollback().await?;
+        for (.., key, _, _, _) in &rows {
+            state.store.delete(key).await?;
+        }
+        tracing::info!(project_id = %project, status = %status, "another run finished first");
+        return Ok(());
+    }
     sqlx::query("DELETE FROM artifacts WHERE project_id = $1")
         .bind(project)
         .execute(&mut *tx)
@@ -529,11 +605,36 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
         .await?;
     tx.commit().await?;
 
+    tracing::info!(project_id = %project, artifacts = rows.len(), "script sealed and stored");
     // The script is safe; now forget everything else.
-    for key in old {
-        state.store.delete(&key).await?;
+    forget_all_but_the_script(state, p.user_id, project).await
+}
+
+/// Deletes every object and intermediate row of a project except the
+/// objects its artifact rows name: the chunks, photos and work files, and
+/// any sealed file of an earlier or interrupted attempt. Idempotent.
+async fn forget_all_but_the_script(
+    state: &WorkerState,
+    user: Uuid,
+    project: Uuid,
+) -> anyhow::Result<()> {
+    let keep: std::collections::HashSet<String> =
+        sqlx::query_scalar("SELECT object_key FROM artifacts WHERE project_id = $1")
+            .bind(project)
+            .fetch_all(&state.db)
+            .await?
+            .into_iter()
+            .collect();
+    for key in state
+        .store
+        .list(&format!("final/v1/{user}/{project}/"))
+        .await?
+    {
+        if !keep.contains(&key) {
+            state.store.delete(&key).await?;
+        }
     }
-    clear_prefix(state, &format!("ingest/{}/{project}/", p.user_id)).await?;
+    clear_prefix(state, &format!("ingest/{user}/{project}/")).await?;
     clear_prefix(state, &format!("work/{project}/")).await?;
     for table in ["transcript_lines", "segments", "chunks", "photos"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE project_id = $1"))
@@ -541,7 +642,6 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
             .execute(&state.db)
             .await?;
     }
-    tracing::info!(project_id = %project, artifacts = rows.len(), "script sealed and stored");
     Ok(())
 }
 

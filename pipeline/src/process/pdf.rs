@@ -67,6 +67,15 @@ const TEMPLATE: &str = r##"#let data = json("/data.json")
 #for b in data.blocks {
   if b.kind == "text" {
     par(b.text)
+  } else if b.kind == "inner" {
+    // An inner-life block: set apart by a rule, in italics, under its label.
+    block(stroke: (left: 1.5pt + luma(150)), inset: (left: 1em, y: 0.2em), spacing: 1.4em, {
+      if b.label != none {
+        block(below: 0.8em, text(size: 9pt, weight: "bold", tracking: 0.06em, upper(b.label)))
+      }
+      set text(style: "italic", fill: luma(60))
+      for t in b.texts { par(t) }
+    })
   } else {
     figure(
       image(b.file, format: "jpg", width: b.width_mm * 1mm, alt: b.caption),
@@ -97,6 +106,12 @@ struct Fact {
 enum Block {
     Text {
         text: String,
+    },
+    /// The paragraphs of one inner-life stretch, with the block's label on
+    /// its first stretch.
+    Inner {
+        label: Option<&'static str>,
+        texts: Vec<String>,
     },
     Photo {
         file: String,
@@ -212,14 +227,25 @@ fn data(doc: &Document) -> Data {
     });
 
     let mut blocks = Vec::new();
-    for p in &doc.paragraphs {
+    for (pi, p) in doc.paragraphs.iter().enumerate() {
         let mut text: Vec<&str> = Vec::new();
-        let flush = |text: &mut Vec<&str>, blocks: &mut Vec<Block>| {
-            if !text.is_empty() {
-                blocks.push(Block::Text {
-                    text: text.join(" "),
+        let mut label = compose::opens_block(doc, pi).then(|| compose::inner_life_label(m.lang));
+        let mut flush = |text: &mut Vec<&str>, blocks: &mut Vec<Block>| {
+            if text.is_empty() {
+                return;
+            }
+            let joined = text.join(" ");
+            text.clear();
+            if !p.inner {
+                blocks.push(Block::Text { text: joined });
+            } else if let (None, Some(Block::Inner { texts, .. })) = (label, blocks.last_mut()) {
+                // The block goes on from the previous paragraph.
+                texts.push(joined);
+            } else {
+                blocks.push(Block::Inner {
+                    label: label.take(),
+                    texts: vec![joined],
                 });
-                text.clear();
             }
         };
         for item in &p.items {
@@ -666,6 +692,7 @@ mod tests {
                         .filter(|i| matches!(i, Item::Text(_)))
                         .cloned()
                         .collect(),
+                    inner: p.inner,
                 })
                 .collect(),
             meta: doc.meta.clone(),

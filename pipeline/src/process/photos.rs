@@ -26,6 +26,12 @@ pub struct Prepared {
 /// Decodes with bounded memory, rotates upright, downscales and re-encodes
 /// as JPEG (for HTML/Markdown) and PNG (DOCX embeds PNG).
 pub fn prepare(bytes: &[u8]) -> Result<Prepared, PhotoError> {
+    encode(&upright(bytes)?)
+}
+
+/// Decodes with bounded memory, rotates upright and downscales to at most
+/// [`MAX_SIDE`]: the pixels and nothing else of the file.
+pub fn upright(bytes: &[u8]) -> Result<image::RgbImage, PhotoError> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|_| PhotoError::Undecodable)?;
@@ -41,10 +47,14 @@ pub fn prepare(bytes: &[u8]) -> Result<Prepared, PhotoError> {
     if img.width() > MAX_SIDE || img.height() > MAX_SIDE {
         img = img.resize(MAX_SIDE, MAX_SIDE, image::imageops::FilterType::Triangle);
     }
-    let rgb = img.to_rgb8();
+    Ok(img.to_rgb8())
+}
+
+/// JPEG and PNG of `rgb`, for the documents.
+pub fn encode(rgb: &image::RgbImage) -> Result<Prepared, PhotoError> {
     let mut jpeg = Vec::new();
     JpegEncoder::new_with_quality(&mut jpeg, 85)
-        .encode_image(&rgb)
+        .encode_image(rgb)
         .map_err(|_| PhotoError::Undecodable)?;
     let mut png = Vec::new();
     DynamicImage::ImageRgb8(rgb.clone())
