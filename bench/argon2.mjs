@@ -15,26 +15,14 @@
 // crypto/tests/data/crypto-vectors.json. Exits non-zero on a crash or a
 // mismatch only; missing the speed goal is reported, not failed.
 import { readFile } from "node:fs/promises";
-import http from "node:http";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launchBrowser, median, serve } from "./page.mjs";
 
 const root = path.resolve(import.meta.dirname, "..");
 const PARAMS = { m_kib: 65536, t: 3, p: 4 };
 const RUNS = Math.max(7, Number.parseInt(process.env.BENCH_RUNS ?? "11", 10) || 7);
 const COLD_RUNS = Math.max(0, Number.parseInt(process.env.BENCH_COLD_RUNS ?? "5", 10) || 0);
 const GOAL = 0.8; // island time ≤ 0.8 × hash-wasm's
-
-const mounts = {
-  "/island/": path.join(root, "static", "island"),
-  "/hash-wasm/": path.join(root, "node_modules", "hash-wasm", "dist"),
-};
-const mime = {
-  ".js": "text/javascript; charset=utf-8",
-  ".mjs": "text/javascript; charset=utf-8",
-  ".wasm": "application/wasm",
-  ".html": "text/html; charset=utf-8",
-};
 
 const pageHtml = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Argon2id bench</title></head>
@@ -70,43 +58,6 @@ window.benchReady = true;
 </script></body></html>
 `;
 
-function serve() {
-  const server = http.createServer(async (req, res) => {
-    try {
-      const url = new URL(req.url, "http://127.0.0.1");
-      if (url.pathname === "/" || url.pathname === "/index.html") {
-        res.writeHead(200, { "content-type": mime[".html"], "cache-control": "no-store" });
-        return res.end(pageHtml);
-      }
-      for (const [prefix, dir] of Object.entries(mounts)) {
-        if (!url.pathname.startsWith(prefix)) continue;
-        const rel = decodeURIComponent(url.pathname.slice(prefix.length));
-        const file = path.resolve(dir, rel);
-        if (!file.startsWith(dir + path.sep)) break;
-        const type = mime[path.extname(file)];
-        if (!type) break;
-        const body = await readFile(file);
-        res.writeHead(200, { "content-type": type, "cache-control": "no-store" });
-        return res.end(body);
-      }
-      res.writeHead(404, { "content-type": "text/plain" });
-      res.end("not found");
-    } catch (err) {
-      res.writeHead(err.code === "ENOENT" ? 404 : 500, { "content-type": "text/plain" });
-      res.end(String(err.code ?? err));
-    }
-  });
-  return new Promise((ok, no) => {
-    server.once("error", no);
-    server.listen(0, "127.0.0.1", () => ok(server));
-  });
-}
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-};
 const b64urlToHex = (s) => Buffer.from(s, "base64url").toString("hex");
 const randomHex = (n) => Buffer.from(crypto.getRandomValues(new Uint8Array(n))).toString("hex");
 
@@ -148,21 +99,12 @@ async function main() {
   );
   if (!kat) throw new Error("no known-answer vector at the default parameters");
 
-  const server = await serve();
-  const base = `http://127.0.0.1:${server.address().port}`;
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--disable-dev-shm-usage",
-    ],
+  const server = await serve(pageHtml, {
+    "/island/": path.join(root, "static", "island"),
+    "/hash-wasm/": path.join(root, "node_modules", "hash-wasm", "dist"),
   });
+  const base = `http://127.0.0.1:${server.address().port}`;
+  const browser = await launchBrowser();
   let failed = false;
   try {
     const { page, run } = await openPage(browser, base);

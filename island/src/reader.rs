@@ -89,12 +89,11 @@ struct Grant {
     artifact_id: String,
     kind: String,
     size: f64,
-    sha256: String,
     dek_enc: String,
 }
 
 #[derive(Debug)]
-enum ReadError {
+pub(crate) enum ReadError {
     NotVerified,
     NoKey,
     Network,
@@ -111,8 +110,19 @@ impl ReadError {
     }
 }
 
-/// Downloads `url` with the token, reporting progress as a fraction.
-async fn fetch_all(grant: &Grant, progress: &dyn Fn(f64)) -> Result<Vec<u8>, ReadError> {
+/// Downloads `url` with the token into a JS buffer of the listed size,
+/// reporting progress as a fraction. The bytes stay on the JS heap: a large
+/// artifact is never copied into wasm memory.
+async fn fetch_all(grant: &Grant, progress: &dyn Fn(f64)) -> Result<Uint8Array, ReadError> {
+    // The listed size bounds the buffer; a body of any other length is not
+    // the artifact the server listed.
+    // It is capped too: no script comes near 1 GiB, and allocating what a
+    // hostile server claims could abort the page instead of failing here.
+    const MAX_SIZE: f64 = (1u32 << 30) as f64;
+    if !(grant.size.is_finite() && grant.size >= 0.0 && grant.size <= MAX_SIZE) {
+        return Err(ReadError::NotVerified);
+    }
+    let size = grant.size as u32;
     let init = RequestInit::new();
     init.set_method("GET");
     let req = Request::new_with_str_and_init(&grant.url, &init).map_err(|_| ReadError::Network)?;
@@ -129,7 +139,8 @@ async fn fetch_all(grant: &Grant, progress: &dyn Fn(f64)) -> Result<Vec<u8>, Rea
     }
     let body = resp.body().ok_or(ReadError::Network)?;
     let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-    let mut out = Vec::with_capacity(grant.size.max(0.0) as usize);
+    let out = Uint8Array::new_with_length(size);
+    let mut filled: u32 = 0;
     loop {
         let chunk = JsFuture::from(reader.read())
             .await
@@ -141,13 +152,58 @@ async fn fetch_all(grant: &Grant, progress: &dyn Fn(f64)) -> Result<Vec<u8>, Rea
         {
             break;
         }
-        let value = Reflect::get(&chunk, &"value".into()).map_err(|_| ReadError::Network)?;
-        out.extend_from_slice(&Uint8Array::new(&value).to_vec());
-        if grant.size > 0.0 {
-            progress((out.len() as f64 / grant.size).min(1.0));
+        let value: Uint8Array = Reflect::get(&chunk, &"value".into())
+            .map_err(|_| ReadError::Network)?
+            .dyn_into()
+            .map_err(|_| ReadError::Network)?;
+        let end = filled
+            .checked_add(value.length())
+            .filter(|end| *end <= size)
+            .ok_or(ReadError::NotVerified)?;
+        out.set(&value, filled);
+        filled = end;
+        if size > 0 {
+            progress(f64::from(filled) / f64::from(size));
         }
     }
+    if filled != size {
+        return Err(ReadError::NotVerified);
+    }
     Ok(out)
+}
+
+/// Opens a sealed artifact (CRYPTO.md §4) with the held private key:
+/// checks the magic, unwraps the data key, and decrypts with the AAD of
+/// this artifact id and kind. Returns the plaintext as a JS `ArrayBuffer`.
+///
+/// The GCM tag authenticates every byte of the ciphertext and the AAD, so
+/// no separate hash is checked here: a changed, truncated or swapped object
+/// fails the tag.
+pub(crate) async fn open_sealed(
+    key: &web_sys::CryptoKey,
+    artifact_id: &str,
+    kind: &str,
+    dek_enc: &[u8],
+    object: &Uint8Array,
+) -> Result<js_sys::ArrayBuffer, ReadError> {
+    use kiroku_crypto::envelope::{MAGIC, OVERHEAD};
+    let len = object.length();
+    if (len as usize) < OVERHEAD || object.subarray(0, 4).to_vec() != MAGIC[..] {
+        return Err(ReadError::NotVerified);
+    }
+    let nonce = object.subarray(4, 16).to_vec();
+    let dek = webcrypto::oaep_decrypt(key, dek_enc)
+        .await
+        .map_err(|_| ReadError::NotVerified)?;
+    if dek.len() != 32 {
+        return Err(ReadError::NotVerified);
+    }
+    let aad = kiroku_crypto::envelope::aad(artifact_id, kind);
+    webcrypto::aes_gcm_open(&dek, &nonce, &aad, &object.subarray(16, len))
+        .await
+        .map_err(|_| ReadError::NotVerified)?
+        .dyn_into()
+        .map_err(|_| ReadError::NotVerified)
 }
 
 /// Fetches and opens one artifact; returns its plaintext as a Blob.
@@ -162,40 +218,20 @@ async fn open(item: &Item, progress: &dyn Fn(f64)) -> Result<Blob, ReadError> {
                 ReadError::NotVerified
             }
         })?;
+    // The AAD binds the bytes to this artifact and kind, as the page listed
+    // them: a grant for anything else is refused, and a swapped object
+    // does not open.
+    if grant.artifact_id != item.id || grant.kind != item.kind {
+        return Err(ReadError::NotVerified);
+    }
     let object = fetch_all(&grant, progress).await?;
-    let magic = kiroku_crypto::envelope::MAGIC;
-    if object.len() < kiroku_crypto::envelope::OVERHEAD || &object[..4] != magic {
-        return Err(ReadError::NotVerified);
-    }
-    let expected = kiroku_crypto::b64::decode(&grant.sha256).map_err(|_| ReadError::NotVerified)?;
-    if webcrypto::sha256(&object)
-        .await
-        .map_err(|_| ReadError::NotVerified)?
-        != expected
-    {
-        return Err(ReadError::NotVerified);
-    }
     let key = keystore::get()
         .await
         .ok()
         .flatten()
         .ok_or(ReadError::NoKey)?;
     let dek_enc = kiroku_crypto::b64::decode(&grant.dek_enc).map_err(|_| ReadError::NotVerified)?;
-    let dek = webcrypto::oaep_decrypt(&key, &dek_enc)
-        .await
-        .map_err(|_| ReadError::NotVerified)?;
-    if dek.len() != 32 {
-        return Err(ReadError::NotVerified);
-    }
-    // The AAD binds the bytes to this artifact and kind, as the server
-    // listed them: a swapped object does not open.
-    if grant.artifact_id != item.id || grant.kind != item.kind {
-        return Err(ReadError::NotVerified);
-    }
-    let aad = kiroku_crypto::envelope::aad(&item.id, &item.kind);
-    let plain = webcrypto::aes_gcm_open(&dek, &object[4..16], &aad, &object[16..])
-        .await
-        .map_err(|_| ReadError::NotVerified)?;
+    let plain = open_sealed(&key, &item.id, &item.kind, &dek_enc, &object).await?;
     let bag = BlobPropertyBag::new();
     bag.set_type(&item.content_type);
     Blob::new_with_buffer_source_sequence_and_options(&Array::of1(&plain), &bag)

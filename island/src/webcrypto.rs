@@ -81,14 +81,14 @@ pub async fn oaep_decrypt(key: &CryptoKey, data: &[u8]) -> Result<Zeroizing<Vec<
     Ok(Zeroizing::new(out))
 }
 
-/// AES-256-GCM decryption (`data` is ciphertext followed by the tag).
-/// Returns the plaintext as a JS `ArrayBuffer`, so large files need not be
-/// copied back into wasm memory.
+/// AES-256-GCM decryption (`data` is ciphertext followed by the tag, a
+/// view on the JS heap). Returns the plaintext as a JS `ArrayBuffer`: large
+/// files are never copied through wasm memory.
 pub async fn aes_gcm_open(
     key: &[u8],
     iv: &[u8],
     aad: &[u8],
-    data: &[u8],
+    data: &Uint8Array,
 ) -> Result<JsValue, JsValue> {
     let s = subtle()?;
     let algo = Object::new();
@@ -107,13 +107,5 @@ pub async fn aes_gcm_open(
     set(&params, "name", &"AES-GCM".into())?;
     set(&params, "iv", &Uint8Array::from(iv))?;
     set(&params, "additionalData", &Uint8Array::from(aad))?;
-    let input = Uint8Array::from(data);
-    JsFuture::from(s.decrypt_with_object_and_buffer_source(&params, &key, &input)?).await
-}
-
-/// SHA-256 of `data`.
-pub async fn sha256(data: &[u8]) -> Result<Vec<u8>, JsValue> {
-    let s = subtle()?;
-    let input = Uint8Array::from(data);
-    bytes_of(s.digest_with_str_and_buffer_source("SHA-256", &input)?).await
+    JsFuture::from(s.decrypt_with_object_and_buffer_source(&params, &key, data)?).await
 }
