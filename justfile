@@ -72,12 +72,25 @@ test: setup lint services island build
     {{with_env}} node --test tests/browser/
 
 # Benchmarks: they report, and fail only on a crash or a wrong result.
-bench: bench-argon2 bench-recording
+bench: bench-argon2 bench-decrypt bench-export bench-pipeline bench-recording
 
 # Argon2id (64 MiB, t=3, p=4) in headless Chromium: the island's wasm vs hash-wasm.
 bench-argon2: island
     test -f node_modules/hash-wasm/package.json || npm ci --no-audit --no-fund --loglevel=error
     node bench/argon2.mjs
+
+# Opening a 50 MiB sealed artifact in Chromium: the island's reader vs bare WebCrypto AES-GCM.
+bench-decrypt: island
+    node bench/decrypt.mjs
+
+# Export service (release build) vs a direct SeaweedFS GET of the same 1 GiB object.
+bench-export *args: services
+    cargo build --release -p kiroku-export --bin kiroku-export
+    {{with_env}} cargo run -p kiroku-tests --bin bench_export -- --export-bin {{CARGO_TARGET_DIR}}/release/kiroku-export {{args}}
+
+# A 10-minute recording with 10 photos to sealed artifacts (release build; `--skip-engine` for the quick part).
+bench-pipeline *args: services
+    {{with_env}} cargo run --release -p kiroku-tests --bin bench_pipeline -- {{args}}
 
 # Recording load: simulated recorders vs the app and SeaweedFS (`just bench-recording --help`).
 bench-recording *args: services
