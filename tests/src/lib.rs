@@ -2,6 +2,9 @@
 //! services that `scripts/services.sh up` starts; `just test` loads the
 //! generated `.data/kiroku.env` before running them.
 
+pub mod drill;
+pub mod pipeline;
+
 use kiroku_runtime::Env;
 use kiroku_storage::{Role, StorageConfig, Store};
 
