@@ -366,8 +366,14 @@ async fn the_stylize_switch_draws_the_photos_and_without_it_they_stay_photos() {
         vividness.push(colourful(&photos[0]));
     }
     let (drawn, photo) = (vividness[0], vividness[1]);
-    assert!(drawn < 0.02, "the styled photo is ink on paper ({drawn} colourful)");
-    assert!(photo > 0.2, "the unstyled photo keeps its colours ({photo} colourful)");
+    assert!(
+        drawn < 0.02,
+        "the styled photo is ink on paper ({drawn} colourful)"
+    );
+    assert!(
+        photo > 0.2,
+        "the unstyled photo keeps its colours ({photo} colourful)"
+    );
     worker.db.close().await;
     app.stop().await;
 }
