@@ -16,6 +16,9 @@ use kiroku_crypto::{envelope, userkey};
 use kiroku_storage::{Role, StorageError, Store};
 use sqlx::Row;
 
+/// id, project id, kind, object key, wrapped data key, content type, file name.
+type ArtifactRow = (uuid::Uuid, uuid::Uuid, String, String, Vec<u8>, String, String);
+
 /// What the drill is given besides the app's configuration.
 pub struct Drill {
     /// Everything the app process wrote to stdout and stderr.
@@ -271,15 +274,7 @@ pub async fn run(config: &AppConfig, drill: &Drill) -> anyhow::Result<Findings> 
 
     // ---- Storage with the app's key: it reads and lists nothing.
     let store = Store::open(&config.storage, Role::App)?;
-    let rows: Vec<(
-        uuid::Uuid,
-        uuid::Uuid,
-        String,
-        String,
-        Vec<u8>,
-        String,
-        String,
-    )> = sqlx::query_as(
+    let rows: Vec<ArtifactRow> = sqlx::query_as(
         "SELECT id, project_id, kind, object_key, dek_enc, content_type, file_name
                FROM artifacts",
     )
