@@ -112,32 +112,6 @@ fn decoded_bytea(dump: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn needles_are_found_whatever_the_case_accents_or_punctuation() {
-        let n = needles(&["Piense en un número, por favor.".to_owned()]);
-        assert_eq!(
-            n,
-            vec![
-                "piense en un numero",
-                "en un numero por",
-                "un numero por favor"
-            ]
-        );
-        assert!(no_plaintext(&n, "x", "…PIENSE en  un numero!").is_err());
-        assert!(no_plaintext(&n, "x", "piense en uno").is_ok());
-    }
-
-    #[test]
-    fn bytea_values_in_a_dump_are_decoded() {
-        let dump = r#"{"a": "\\x7069656e736520656e", "b": 1}"#;
-        assert_eq!(decoded_bytea(dump), "piense en\n");
-    }
-}
-
 /// A sealed artifact as fetched through the export service.
 struct Sealed {
     id: String,
@@ -408,4 +382,30 @@ pub async fn run(config: &AppConfig, drill: &Drill) -> anyhow::Result<Findings> 
     }
     db.close().await;
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needles_are_found_whatever_the_case_accents_or_punctuation() {
+        let n = needles(&["Piense en un número, por favor.".to_owned()]);
+        assert_eq!(
+            n,
+            vec![
+                "piense en un numero",
+                "en un numero por",
+                "un numero por favor"
+            ]
+        );
+        assert!(no_plaintext(&n, "x", "…PIENSE en  un numero!").is_err());
+        assert!(no_plaintext(&n, "x", "piense en uno").is_ok());
+    }
+
+    #[test]
+    fn bytea_values_in_a_dump_are_decoded() {
+        let dump = r#"{"a": "\\x7069656e736520656e", "b": 1}"#;
+        assert_eq!(decoded_bytea(dump), "piense en\n");
+    }
 }
