@@ -17,7 +17,15 @@ use kiroku_storage::{Role, StorageError, Store};
 use sqlx::Row;
 
 /// id, project id, kind, object key, wrapped data key, content type, file name.
-type ArtifactRow = (uuid::Uuid, uuid::Uuid, String, String, Vec<u8>, String, String);
+type ArtifactRow = (
+    uuid::Uuid,
+    uuid::Uuid,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    String,
+);
 
 /// What the drill is given besides the app's configuration.
 pub struct Drill {
