@@ -384,6 +384,31 @@ mod tests {
         assert_eq!(size_text(12_345), "12.3 KB");
         assert_eq!(size_text(4_000_000), "4.0 MB");
     }
+
+    #[test]
+    fn notices_are_localised_and_unknown_codes_dropped() {
+        let es = &crate::i18n::ES;
+        assert_eq!(
+            notice_text(es, "unstyled:quota:3").unwrap(),
+            es.notice_quota.replace("{n}", "3")
+        );
+        assert!(
+            notice_text(&crate::i18n::EN, "unstyled:failed:1")
+                .unwrap()
+                .contains("1")
+        );
+        assert!(notice_text(es, "rewrite:refused").is_some());
+        for bad in [
+            "",
+            "unstyled",
+            "unstyled:quota:x",
+            "unstyled:other:1",
+            "rewrite:x",
+            "<b>",
+        ] {
+            assert_eq!(notice_text(es, bad), None, "{bad}");
+        }
+    }
 }
 
 /// The live part of the project page, refreshed by htmx while processing.
@@ -395,6 +420,8 @@ pub struct ProgressView {
     pub detail: String,
     pub failure: String,
     pub percent: i32,
+    /// What the performer should know about a finished script.
+    pub notices: Vec<String>,
 }
 
 #[derive(Template)]
@@ -411,12 +438,33 @@ struct ProgressRow {
     step_done: i32,
     step_total: i32,
     failure: Option<String>,
+    notices: Vec<String>,
+}
+
+/// The page's sentence for a notice code the worker stored
+/// (`migrations/*_notices.sql`); unknown codes are not shown.
+fn notice_text(t: &crate::i18n::Texts, code: &str) -> Option<String> {
+    let mut parts = code.split(':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("unstyled"), Some(reason), Some(n)) => {
+            let n: u32 = n.parse().ok()?;
+            let text = match reason {
+                "quota" => t.notice_quota,
+                "failed" => t.notice_style_failed,
+                _ => return None,
+            };
+            Some(text.replace("{n}", &n.to_string()))
+        }
+        (Some("rewrite"), Some("failed"), None) => Some(t.notice_rewrite_failed.to_owned()),
+        (Some("rewrite"), Some("refused"), None) => Some(t.notice_rewrite_refused.to_owned()),
+        _ => None,
+    }
 }
 
 async fn progress_view(s: &AppState, ctx: &Ctx, id: Uuid) -> Result<ProgressView, AppError> {
     let user = ctx.user.as_ref().ok_or(AppError::Unauthorized)?;
     let row: Option<ProgressRow> = sqlx::query_as(
-        "SELECT status, step, step_done, step_total, failure FROM projects
+        "SELECT status, step, step_done, step_total, failure, notices FROM projects
           WHERE id = $1 AND user_id = $2 AND status NOT IN ('deleting', 'deleted')",
     )
     .bind(id)
@@ -429,6 +477,7 @@ async fn progress_view(s: &AppState, ctx: &Ctx, id: Uuid) -> Result<ProgressView
         step_done: done,
         step_total: total,
         failure,
+        notices,
     } = row.ok_or(AppError::NotFound)?;
     let t = ctx.t;
     let detail = match step.as_deref() {
@@ -455,6 +504,11 @@ async fn progress_view(s: &AppState, ctx: &Ctx, id: Uuid) -> Result<ProgressView
         detail,
         failure: failure.unwrap_or_default(),
         percent,
+        notices: if status == "ready" {
+            notices.iter().filter_map(|c| notice_text(t, c)).collect()
+        } else {
+            Vec::new()
+        },
     })
 }
 

@@ -8,7 +8,9 @@
 pub mod cleanup;
 pub mod process;
 pub mod queue;
+pub mod remote;
 pub mod speech;
+pub mod styling;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +36,16 @@ pub struct WorkerConfig {
     pub storage: StorageConfig,
     /// The local speech engine's settings (model file, threads).
     pub whisper: speech::local::LocalConfig,
+    /// `KIROKU_SPEECH_ENGINE=openai`: an OpenAI-compatible service instead
+    /// of the local engine.
+    pub openai_speech: Option<speech::openai::OpenAiSpeechConfig>,
+    pub style: styling::StyleConfig,
+    /// The chat model that rewrites scripts; `None` (the default) keeps the
+    /// deterministic formatter only.
+    pub rewrite: Option<process::rewrite::RewriteConfig>,
+    pub remote: remote::RemoteConfig,
+    /// The prefix of this deployment's Redis keys (`KIROKU_REDIS_PREFIX`).
+    pub redis_prefix: String,
 }
 
 impl WorkerConfig {
@@ -52,6 +64,20 @@ impl WorkerConfig {
             queue_redis_url: env.or("KIROKU_QUEUE_REDIS_URL", "redis://127.0.0.1:6379/1"),
             queue: QueueConfig::from_env(env)?,
             whisper: speech::local::LocalConfig::from_env(env)?,
+            openai_speech: match env.or("KIROKU_SPEECH_ENGINE", "local").as_str() {
+                "local" => None,
+                "openai" => Some(speech::openai::OpenAiSpeechConfig::from_env(env)?),
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "KIROKU_SPEECH_ENGINE",
+                        "must be local or openai",
+                    ));
+                }
+            },
+            style: styling::StyleConfig::from_env(env)?,
+            rewrite: process::rewrite::RewriteConfig::from_env(env)?,
+            remote: remote::RemoteConfig::from_env(env)?,
+            redis_prefix: env.or("KIROKU_REDIS_PREFIX", "kiroku"),
             storage,
         })
     }
@@ -68,6 +94,10 @@ pub struct WorkerState {
     /// The speech engine; `None` when none is configured or it failed to
     /// load (transcription jobs then fail with that reason).
     pub transcriber: Option<process::SharedTranscriber>,
+    /// Draws the photos of projects that asked for it.
+    pub styler: styling::Styler,
+    /// Rewrites scripts when the operator turned that on.
+    pub rewriter: Option<Arc<process::rewrite::Rewriter>>,
 }
 
 pub async fn connect(config: WorkerConfig) -> anyhow::Result<WorkerState> {
@@ -97,9 +127,19 @@ pub async fn connect(config: WorkerConfig) -> anyhow::Result<WorkerState> {
         .await
         .context("cannot connect to the queue Redis")?;
     let store = WorkerStore(Store::open(&config.storage, Role::Worker)?);
+    let styler = styling::Styler::new(config.style.engine.clone(), config.remote.clone())?;
+    let rewriter = match &config.rewrite {
+        Some(c) => Some(Arc::new(process::rewrite::Rewriter::new(
+            c.clone(),
+            config.remote.clone(),
+        )?)),
+        None => None,
+    };
     Ok(WorkerState {
         jobs_stream: config.queue.stream.clone(),
         transcriber: None,
+        styler,
+        rewriter,
         config: Arc::new(config),
         db,
         queue,
@@ -196,24 +236,44 @@ pub fn handlers(state: WorkerState) -> Handlers {
         )
 }
 
+/// The configured speech engine. A remote one is only set up here; the
+/// local model is loaded, which takes a moment and hundreds of MB. Without
+/// a usable model the worker still runs every other job, and transcription
+/// jobs fail saying why.
+pub async fn load_speech(
+    config: &WorkerConfig,
+) -> anyhow::Result<Option<process::SharedTranscriber>> {
+    let engine: Arc<dyn speech::SpeechEngine> = if let Some(openai) = &config.openai_speech {
+        let engine = speech::openai::OpenAiSpeech::new(openai.clone(), config.remote.clone())?;
+        tracing::info!(engine = ?engine, "remote speech engine configured");
+        Arc::new(engine)
+    } else {
+        let whisper = config.whisper.clone();
+        match tokio::task::spawn_blocking(move || speech::local::LocalEngine::load(whisper)).await?
+        {
+            Ok(engine) => {
+                tracing::info!("local speech engine loaded");
+                Arc::new(engine)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no speech engine: transcription jobs will fail");
+                return Ok(None);
+            }
+        }
+    };
+    Ok(Some(Arc::new(process::engine::EngineTranscriber(engine))))
+}
+
 /// Runs the worker until SIGINT/SIGTERM: the health endpoint and the job
 /// consumer side by side. On a signal the endpoint stops first, then the
 /// consumer stops taking jobs and finishes those in progress.
 pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let listen = config.listen;
     let queue_config = config.queue.clone();
-    let whisper = config.whisper.clone();
+    let speech = config.clone();
     let mut state = connect(config).await?;
-    // Loading takes a moment and hundreds of MB; without a model the worker
-    // still runs every other job and says why transcription fails.
-    match tokio::task::spawn_blocking(move || speech::local::LocalEngine::load(whisper)).await? {
-        Ok(engine) => {
-            let engine: Arc<dyn speech::SpeechEngine> = Arc::new(engine);
-            state.transcriber = Some(Arc::new(process::engine::EngineTranscriber(engine)));
-            tracing::info!("local speech engine loaded");
-        }
-        Err(e) => tracing::warn!(error = %e, "no speech engine: transcription jobs will fail"),
-    }
+    state.transcriber = load_speech(&speech).await?;
+    tracing::info!(styler = ?state.styler, rewrite = state.rewriter.is_some(), "engines ready");
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (KIROKU_WORKER_LISTEN)"))?;

@@ -65,6 +65,22 @@ pub const KNOWN: &[&str] = &[
     "KIROKU_CACHE_DIR",
     "KIROKU_WHISPER_MODEL",
     "KIROKU_WHISPER_THREADS",
+    "KIROKU_SPEECH_ENGINE",
+    "KIROKU_OPENAI_BASE_URL",
+    "KIROKU_OPENAI_API_KEY",
+    "KIROKU_OPENAI_SPEECH_MODEL",
+    "KIROKU_OPENAI_SPEECH_FORMAT",
+    "KIROKU_OPENAI_IMAGE_MODEL",
+    "KIROKU_OPENAI_CHAT_MODEL",
+    "KIROKU_GEMINI_BASE_URL",
+    "KIROKU_GEMINI_API_KEY",
+    "KIROKU_GEMINI_IMAGE_MODEL",
+    "KIROKU_STYLE_ENGINE",
+    "KIROKU_STYLE_DAILY_QUOTA",
+    "KIROKU_REWRITE",
+    "KIROKU_REMOTE_TIMEOUT_SECS",
+    "KIROKU_REMOTE_ATTEMPTS",
+    "KIROKU_REMOTE_BACKOFF_MS",
 ];
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -165,9 +181,13 @@ impl Env {
 /// `info`), `KIROKU_LOG_FORMAT=json` switches to one JSON object per line.
 pub fn init_tracing(env: &Env) {
     use tracing_subscriber::EnvFilter;
+    // async-openai logs whole response bodies when one does not parse, and
+    // a body can hold transcript text: it is silenced whatever KIROKU_LOG
+    // says (Kiroku logs those failures itself, without the body).
     let filter =
         EnvFilter::try_new(env.or("KIROKU_LOG", "info,sqlx=warn,aws=warn,whisper_rs=warn"))
-            .unwrap_or_else(|_| EnvFilter::new("info"));
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+            .add_directive("async_openai=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

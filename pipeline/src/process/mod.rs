@@ -7,6 +7,7 @@ pub mod docx;
 pub mod engine;
 pub mod pdf;
 pub mod photos;
+pub mod rewrite;
 pub mod script;
 pub mod segment;
 pub mod style;
@@ -438,6 +439,55 @@ struct ProjectRow {
     stylize: bool,
 }
 
+/// Photos drawn from the original because styling was not possible, and
+/// why: the project page tells the performer.
+#[derive(Debug, Default)]
+struct Unstyled {
+    quota: u32,
+    failed: u32,
+}
+
+impl Unstyled {
+    /// As stored in `projects.notices`: `unstyled:<reason>:<count>`.
+    fn notices(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.quota > 0 {
+            out.push(format!("unstyled:quota:{}", self.quota));
+        }
+        if self.failed > 0 {
+            out.push(format!("unstyled:failed:{}", self.failed));
+        }
+        out
+    }
+}
+
+/// Draws one photo with the configured engine within the owner's daily
+/// quota; on any failure the photo stays as taken and `unstyled` counts it.
+async fn stylize(
+    state: &WorkerState,
+    user: Uuid,
+    project: Uuid,
+    photo: Uuid,
+    upright: image::RgbImage,
+    unstyled: &mut Unstyled,
+) -> anyhow::Result<image::RgbImage> {
+    let quota = state.config.style.daily_quota;
+    if !crate::styling::take_quota(&state.queue, &state.config.redis_prefix, user, photo, quota)
+        .await?
+    {
+        unstyled.quota += 1;
+        return Ok(upright);
+    }
+    match state.styler.draw(upright.clone()).await {
+        Ok(drawn) => Ok(drawn),
+        Err(e) => {
+            tracing::warn!(project_id = %project, photo_id = %photo, error = %e, "photo kept as taken");
+            unstyled.failed += 1;
+            Ok(upright)
+        }
+    }
+}
+
 /// Writes, seals and stores the script, then deletes everything else of
 /// the project. Nothing is deleted before the new artifacts are recorded.
 pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
@@ -481,20 +531,22 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
     .await?;
     let mut photos = Vec::new();
     let mut pngs = Vec::new();
+    let mut unstyled = Unstyled::default();
     for (id, offset_ms, key) in photo_rows {
         let bytes = state.store.get(&key, None).await?.into_bytes().await?;
-        // LIMITATION: only the local style exists; the Gemini and OpenAI
-        // image engines and a per-user daily quota are still to come (issue 6).
-        let stylize = p.stylize;
-        let prepared = tokio::task::spawn_blocking(move || {
-            let upright = photos::upright(&bytes)?;
-            if stylize {
-                photos::encode(&style::magic_book(&upright))
-            } else {
-                photos::encode(&upright)
+        let upright = match tokio::task::spawn_blocking(move || photos::upright(&bytes)).await? {
+            Ok(upright) => upright,
+            Err(e) => {
+                tracing::warn!(project_id = %project, photo_id = %id, error = %e, "photo left out");
+                continue;
             }
-        });
-        match prepared.await? {
+        };
+        let drawn = if p.stylize {
+            stylize(state, p.user_id, project, id, upright, &mut unstyled).await?
+        } else {
+            upright
+        };
+        match tokio::task::spawn_blocking(move || photos::encode(&drawn)).await? {
             Ok(prepared) => {
                 photos.push(Photo {
                     offset_ms,
@@ -529,7 +581,20 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
         })
         .collect();
     let photo_count = photos.len() as i32;
-    let doc = compose::compose(meta, lines, photos);
+    let mut doc = compose::compose(meta, lines, photos);
+    let mut notices = unstyled.notices();
+    if let Some(rewriter) = &state.rewriter {
+        match rewriter.rewrite(&doc).await {
+            Ok(paragraphs) => doc.paragraphs = paragraphs,
+            Err(e) => {
+                tracing::warn!(project_id = %project, error = %e, "script rewrite not used");
+                notices.push(match e {
+                    rewrite::RewriteError::Remote(_) => "rewrite:failed".to_owned(),
+                    rewrite::RewriteError::Refused(_) => "rewrite:refused".to_owned(),
+                });
+            }
+        }
+    }
     // Rendering is CPU-bound: keep it off the async threads.
     let outputs = tokio::task::spawn_blocking(move || render_all(&doc, &pngs))
         .await

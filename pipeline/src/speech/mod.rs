@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod local;
+pub mod openai;
 
 use std::fmt;
 use std::path::PathBuf;
