@@ -4,6 +4,7 @@
 
 pub mod drill;
 pub mod pipeline;
+pub mod standin;
 
 use kiroku_runtime::Env;
 use kiroku_storage::{Role, StorageConfig, Store};
@@ -141,6 +142,34 @@ impl Service {
         );
         let mut cmd = std::process::Command::new(path);
         cmd.args(args).stdout(std::process::Stdio::null());
+        for (k, v) in overrides {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        Service {
+            child: cmd.spawn().expect("spawn service"),
+            name,
+        }
+    }
+
+    /// [`Service::start`] with the service's log (stderr) written to `log`.
+    pub fn start_logged(
+        name: &'static str,
+        overrides: &[(&str, String)],
+        log: &std::path::Path,
+    ) -> Service {
+        let path = bin_dir().join(name);
+        assert!(
+            path.exists(),
+            "{} is missing: run `cargo build --bins` first",
+            path.display()
+        );
+        let mut cmd = std::process::Command::new(path);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file"));
         for (k, v) in overrides {
             if v.is_empty() {
                 cmd.env_remove(k);
@@ -461,6 +490,16 @@ pub async fn worker_for(
     app: &TestApp,
     transcriber: Option<kiroku_pipeline::process::SharedTranscriber>,
 ) -> kiroku_pipeline::WorkerState {
+    worker_with(app, transcriber, &[]).await
+}
+
+/// [`worker_for`] with more settings. With `KIROKU_SPEECH_ENGINE=openai`
+/// among them and no `transcriber`, the configured remote engine is used.
+pub async fn worker_with(
+    app: &TestApp,
+    transcriber: Option<kiroku_pipeline::process::SharedTranscriber>,
+    settings: &[(&str, &str)],
+) -> kiroku_pipeline::WorkerState {
     let e = env();
     let mut pairs: Vec<(String, String)> = kiroku_runtime::KNOWN
         .iter()
@@ -470,8 +509,13 @@ pub async fn worker_for(
         !matches!(
             k.as_str(),
             "KIROKU_STORAGE" | "KIROKU_WORKER_DATABASE_URL" | "KIROKU_REDIS_PREFIX"
-        )
+        ) && !settings.iter().any(|(s, _)| s == k)
     });
+    pairs.extend(
+        settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     pairs.push(("KIROKU_STORAGE".into(), "s3".into()));
     pairs.push((
         "KIROKU_WORKER_DATABASE_URL".into(),
@@ -483,10 +527,16 @@ pub async fn worker_for(
     ));
     let wenv = Env::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let config = kiroku_pipeline::WorkerConfig::from_env(&wenv).expect("worker config");
-    let mut state = kiroku_pipeline::connect(config)
+    let remote_speech = config.openai_speech.is_some();
+    let mut state = kiroku_pipeline::connect(config.clone())
         .await
         .expect("worker connects");
-    state.transcriber = transcriber;
+    state.transcriber = match transcriber {
+        None if remote_speech => kiroku_pipeline::load_speech(&config)
+            .await
+            .expect("speech engine"),
+        t => t,
+    };
     state
 }
 
