@@ -72,7 +72,7 @@ test: setup lint services island build
     {{with_env}} node --test tests/browser/
 
 # Benchmarks: they report, and fail only on a crash or a wrong result.
-bench: bench-argon2 bench-decrypt bench-export bench-pipeline bench-recording
+bench: bench-argon2 bench-decrypt bench-export bench-pipeline bench-speech bench-recording
 
 # Argon2id (64 MiB, t=3, p=4) in headless Chromium: the island's wasm vs hash-wasm.
 bench-argon2: island
@@ -91,6 +91,11 @@ bench-export *args: services
 # A 10-minute recording with 10 photos to sealed artifacts (release build; `--skip-engine` for the quick part).
 bench-pipeline *args: services
     {{with_env}} cargo run --release -p kiroku-tests --bin bench_pipeline -- {{args}}
+
+# Local Whisper speed: the engine vs whisper.cpp's own CLI linked with the same library (release).
+bench-speech *args: setup
+    cargo build --release -p kiroku-tests --bin bench_speech
+    {{with_env}} {{CARGO_TARGET_DIR}}/release/bench_speech --cli "$(scripts/build-whisper-cli.sh {{CARGO_TARGET_DIR}})" {{args}}
 
 # Recording load: simulated recorders vs the app and SeaweedFS (`just bench-recording --help`).
 bench-recording *args: services
