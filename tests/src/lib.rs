@@ -297,6 +297,14 @@ impl TestApp {
     }
 
     /// Creates a user as the operator CLI does; returns the temporary password.
+    /// A connection as the schema owner, for setting up states that no
+    /// role of the product may write (a project's `stylize` after start).
+    pub async fn owner_pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.db.owner_url)
+            .await
+            .expect("connect as owner")
+    }
+
     pub async fn add_user(&self, name: &str) -> String {
         kiroku_app::users::add(&self.pool, name, self.config.kdf_default)
             .await

@@ -15,6 +15,7 @@ use kiroku_storage::{Role, Store};
 use kiroku_tests::pipeline::{leftovers, open_all, stopped_recording, webm_of};
 use kiroku_tests::{Service, TestApp, env, free_port, s3_store};
 use serde_json::json;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The worker binary against the app's database and queue, with a short
@@ -35,18 +36,18 @@ fn worker(app: &TestApp) -> Service {
     )
 }
 
-async fn project_state(app: &TestApp, project: Uuid) -> (String, Option<String>) {
+async fn project_state(db: &PgPool, project: Uuid) -> (String, Option<String>) {
     sqlx::query_as("SELECT status, step FROM projects WHERE id = $1")
         .bind(project)
-        .fetch_one(&app.pool)
+        .fetch_one(db)
         .await
         .unwrap()
 }
 
-async fn count(app: &TestApp, sql: &str, project: Uuid) -> i64 {
+async fn count(db: &PgPool, sql: &str, project: Uuid) -> i64 {
     sqlx::query_scalar(sql)
         .bind(project)
-        .fetch_one(&app.pool)
+        .fetch_one(db)
         .await
         .unwrap()
 }
@@ -77,6 +78,8 @@ async fn objects(store: &Store, prefix: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_worker_killed_in_each_job_kind_leaves_exactly_one_script() {
     let app = TestApp::start(&[]).await;
+    // The worker's role reads the intermediate tables; the app's cannot.
+    let db = PgPool::connect(&app.db.worker_url).await.unwrap();
     let (owner, user_id, pair) = app.ready_browser("kim").await;
     let audio = webm_of("routine-es.wav");
     let project = stopped_recording(&app, &user_id, &audio, &[("coffee.jpg", 12_000)]).await;
@@ -100,17 +103,17 @@ async fn a_worker_killed_in_each_job_kind_leaves_exactly_one_script() {
     // 1. prepare: killed while decoding, before any segment exists.
     let w = worker(&app);
     until("prepare to start", 60, || async {
-        project_state(&app, project).await.1.as_deref() == Some("prepare")
+        project_state(&db, project).await.1.as_deref() == Some("prepare")
     })
     .await;
     kill_9(w);
     let segments = "SELECT count(*) FROM segments WHERE project_id = $1";
     assert_eq!(
-        project_state(&app, project).await.1.as_deref(),
+        project_state(&db, project).await.1.as_deref(),
         Some("prepare")
     );
     assert_eq!(
-        count(&app, segments, project).await,
+        count(&db, segments, project).await,
         0,
         "prepare had finished"
     );
@@ -119,16 +122,16 @@ async fn a_worker_killed_in_each_job_kind_leaves_exactly_one_script() {
     let w = worker(&app);
     let working = "SELECT count(*) FROM segments WHERE project_id = $1 AND status = 'working'";
     until("a segment to be claimed", 120, || async {
-        count(&app, working, project).await > 0
+        count(&db, working, project).await > 0
     })
     .await;
     kill_9(w);
     assert!(
-        count(&app, working, project).await > 0,
+        count(&db, working, project).await > 0,
         "transcribe had finished"
     );
     assert_eq!(
-        project_state(&app, project).await.1.as_deref(),
+        project_state(&db, project).await.1.as_deref(),
         Some("transcribe")
     );
 
@@ -141,12 +144,12 @@ async fn a_worker_killed_in_each_job_kind_leaves_exactly_one_script() {
     let finalizing = "SELECT count(*) FROM projects
                        WHERE id = $1 AND step = 'finalize' AND step_done = 0 AND step_total = 1";
     until("finalize to start", 600, || async {
-        count(&app, finalizing, project).await == 1
+        count(&db, finalizing, project).await == 1
     })
     .await;
     kill_9(w);
     assert_eq!(
-        project_state(&app, project).await.0,
+        project_state(&db, project).await.0,
         "processing",
         "finalize had finished"
     );
@@ -162,13 +165,13 @@ async fn a_worker_killed_in_each_job_kind_leaves_exactly_one_script() {
     // The restarted worker finishes the project: one set, and nothing else.
     let w = worker(&app);
     until("the project to be ready", 600, || async {
-        project_state(&app, project).await.0 == "ready"
+        project_state(&db, project).await.0 == "ready"
     })
     .await;
     let artifacts: Vec<String> =
         sqlx::query_scalar("SELECT object_key FROM artifacts WHERE project_id = $1 ORDER BY 1")
             .bind(project)
-            .fetch_all(&app.pool)
+            .fetch_all(&db)
             .await
             .unwrap();
     assert_eq!(artifacts.len(), 4);
@@ -190,7 +193,7 @@ async fn a_worker_killed_in_each_job_kind_leaves_exactly_one_script() {
     assert_eq!(leftovers(&user_id, project).await, Vec::<String>::new());
     for table in ["chunks", "photos", "segments", "transcript_lines"] {
         let sql = format!("SELECT count(*) FROM {table} WHERE project_id = $1");
-        assert_eq!(count(&app, &sql, project).await, 0, "{table} rows left");
+        assert_eq!(count(&db, &sql, project).await, 0, "{table} rows left");
     }
 
     // 4. delete_project: killed part-way through many objects (a long
@@ -220,11 +223,11 @@ async fn a_worker_killed_in_each_job_kind_leaves_exactly_one_script() {
             || !objects(&store, &final_prefix).await.is_empty(),
         "the deletion had finished"
     );
-    assert_eq!(project_state(&app, project).await.0, "deleting");
+    assert_eq!(project_state(&db, project).await.0, "deleting");
 
     let w = worker(&app);
     until("the project to be deleted", 120, || async {
-        project_state(&app, project).await.0 == "deleted"
+        project_state(&db, project).await.0 == "deleted"
     })
     .await;
     for prefix in [
@@ -240,7 +243,7 @@ async fn a_worker_killed_in_each_job_kind_leaves_exactly_one_script() {
     }
     assert_eq!(
         count(
-            &app,
+            &db,
             "SELECT count(*) FROM artifacts WHERE project_id = $1",
             project
         )

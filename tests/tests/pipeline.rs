@@ -355,7 +355,7 @@ async fn the_stylize_switch_draws_the_photos_and_without_it_they_stay_photos() {
         sqlx::query("UPDATE projects SET stylize = $2 WHERE id = $1")
             .bind(project)
             .bind(stylize)
-            .execute(&app.pool)
+            .execute(&app.owner_pool().await)
             .await
             .unwrap();
         run_pipeline(&worker, project).await;

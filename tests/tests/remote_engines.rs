@@ -381,7 +381,7 @@ fn md_photos(md: &str) -> Vec<image::RgbImage> {
 async fn stylized(app: &TestApp, project: Uuid) {
     sqlx::query("UPDATE projects SET stylize = true WHERE id = $1")
         .bind(project)
-        .execute(&app.pool)
+        .execute(&app.owner_pool().await)
         .await
         .unwrap();
 }
