@@ -535,8 +535,11 @@ async fn discard(
     ApiJson(req): ApiJson<DiscardRequest>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let user = session::ready_user(&session).await?;
+    // A discarded recording is deleted for good, like a deleted project:
+    // the app's put-only key cannot remove what it stored, so a worker's
+    // delete_project job removes the chunks and photos and their rows.
     let done = sqlx::query(
-        "UPDATE projects SET status = 'discarded', stopped_at = now()
+        "UPDATE projects SET status = 'deleting', stopped_at = now()
           WHERE id = $1 AND user_id = $2 AND status = 'recording'",
     )
     .bind(req.project_id)
@@ -546,8 +549,17 @@ async fn discard(
     if done.rows_affected() != 1 {
         return Err(AppError::NotFound);
     }
-    // LIMITATION: the app's put-only key cannot delete the discarded
-    // chunks; the workers' cleanup (issue 5) will remove them.
+    let job = Job {
+        kind: JobKind::DeleteProject,
+        project_id: req.project_id,
+    };
+    kiroku_jobs::enqueue_to(
+        &s.queue,
+        &kiroku_jobs::stream_for(&s.config.redis_prefix),
+        &job,
+    )
+    .await
+    .map_err(|e| AppError::Internal(format!("queue: {e}")))?;
     Ok(Json(serde_json::json!({ "state": "discarded" })))
 }
 

@@ -199,7 +199,13 @@ pub fn openai_client(
     let settings = async_openai::config::OpenAIConfig::new()
         .with_api_base(base_url.trim_end_matches('/'))
         .with_api_key(api_key.expose());
-    Ok(async_openai::Client::with_config(settings).with_http_client(http_client(config)?))
+    let http = http_client(config)?;
+    // The plain transport, without async-openai's own retry layer: retries
+    // are [`with_retries`]'s alone, so `KIROKU_REMOTE_ATTEMPTS` means what it
+    // says and timeouts are retried too.
+    Ok(async_openai::Client::with_config(settings)
+        .with_http_client(http.clone())
+        .with_http_service(async_openai::middleware::ReqwestService::new(http)))
 }
 
 #[cfg(test)]

@@ -282,7 +282,7 @@ pub async fn run(config: &AppConfig, drill: &Drill) -> anyhow::Result<Findings> 
         .export_keys
         .as_ref()
         .context("the app has no export signing key")?;
-    let http = reqwest::Client::new();
+    let http = crate::http_client().build()?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;

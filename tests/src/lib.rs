@@ -44,6 +44,14 @@ pub fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
+/// A `reqwest` client builder for tests. The workspace's reqwest carries
+/// rustls without a built-in crypto provider (the worker installs ring, the
+/// provider the S3 client already uses), so it is installed here first.
+pub fn http_client() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// A throwaway database, migrated, with URLs for each role.
 pub struct TestDb {
     pub name: String,
@@ -204,7 +212,7 @@ impl Drop for Service {
 
 /// Polls `url` until it answers 200, for at most `secs` seconds.
 pub async fn wait_ready(url: &str, secs: u64) -> Result<String, String> {
-    let client = reqwest::Client::new();
+    let client = http_client().build().expect("HTTP client");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     let mut last = String::from("no answer");
     while std::time::Instant::now() < deadline {
@@ -337,7 +345,7 @@ pub struct PreloginAnswer {
 impl Browser {
     pub fn new(base: &str) -> Browser {
         let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
-        let http = reqwest::Client::builder()
+        let http = http_client()
             .cookie_provider(jar.clone())
             .redirect(reqwest::redirect::Policy::none())
             .build()

@@ -160,6 +160,11 @@ impl StandIn {
             .extend(replies.iter().cloned());
     }
 
+    /// Forgets the scripted answers of `endpoint`.
+    pub fn clear(&self, endpoint: Endpoint) {
+        self.shared.replies.lock().unwrap().remove(&endpoint);
+    }
+
     /// Answers every request of `endpoint` with `reply` (up to 1000).
     pub fn always(&self, endpoint: Endpoint, reply: Reply) {
         self.push(endpoint, &vec![reply; 1000]);
@@ -222,6 +227,9 @@ impl Shared {
         if given == self.key {
             return None;
         }
+        let mut fields = BTreeMap::new();
+        fields.insert("wrong_key".to_owned(), "true".to_owned());
+        self.record(endpoint, fields, None);
         let (status, body) = if endpoint == Endpoint::Gemini {
             (
                 StatusCode::BAD_REQUEST,

@@ -186,9 +186,16 @@ async fn a_worker_killed_in_each_job_kind_leaves_exactly_one_script() {
     let files = open_all(&app, project, &pair.private_pkcs8).await;
     let md = files.iter().find(|(k, _)| k == "md").unwrap();
     let md = String::from_utf8_lossy(&md.1).to_lowercase();
+    // The real engine's words, allowing for a few recognition errors.
+    let heard = [
+        "noches", "bufanda", "libreta", "pizarra", "tiza", "treinta", "gracias",
+    ]
+    .iter()
+    .filter(|w| md.contains(*w))
+    .count();
     assert!(
-        md.contains("bufanda"),
-        "the real transcript is in the script"
+        heard >= 4,
+        "the real transcript is not in the script:\n{md}"
     );
     assert_eq!(leftovers(&user_id, project).await, Vec::<String>::new());
     for table in ["chunks", "photos", "segments", "transcript_lines"] {

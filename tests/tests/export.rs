@@ -206,7 +206,7 @@ fn split(token: &str) -> (String, String, String) {
 // --------------------------------------------------------------- requests
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    kiroku_tests::http_client()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()

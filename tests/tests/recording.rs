@@ -344,6 +344,71 @@ async fn photos_are_checked_by_content_and_time() {
 }
 
 #[tokio::test]
+async fn a_discarded_recording_is_deleted_by_a_worker_and_leaves_nothing() {
+    let app = TestApp::start(&[]).await;
+    let (b, user_id, _) = app.ready_browser("dora").await;
+    let project = start(&b, "Descartada").await.1["project_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = connect(&b, &project, &app.base).await.unwrap();
+    for seq in 0..2u32 {
+        ws.send(frame(seq, b"audio")).await.unwrap();
+        assert_eq!(next_json(&mut ws).await, json!({ "ack": seq }));
+    }
+    let resp = b
+        .post_json("/api/project/discard", &json!({ "project_id": project }))
+        .await;
+    assert_eq!(resp.status(), 200);
+    // Twice is not found: it is no longer recording.
+    let again = b
+        .post_json("/api/project/discard", &json!({ "project_id": project }))
+        .await;
+    assert_eq!(again.status(), 404);
+    // No more audio is taken for it.
+    ws.send(frame(2, b"late")).await.unwrap();
+    assert!(next_json(&mut ws).await["error"].is_string());
+
+    // The deletion job is queued; a worker runs it.
+    let id: uuid::Uuid = project.parse().unwrap();
+    let queue = kiroku_app::redis_pool(&app.config.queue_redis_url)
+        .await
+        .unwrap();
+    let stream = kiroku_jobs::stream_for(&app.config.redis_prefix);
+    let jobs: Vec<(String, std::collections::HashMap<String, String>)> =
+        fred::interfaces::StreamsInterface::xrange(&queue, &stream, "-", "+", None)
+            .await
+            .unwrap();
+    assert!(
+        jobs.iter()
+            .any(|(_, f)| f.values().any(|v| v == "delete_project")
+                && f.values().any(|v| *v == project)),
+        "no delete_project job for it: {jobs:?}"
+    );
+    let worker = kiroku_tests::worker_for(&app, None).await;
+    kiroku_pipeline::cleanup::delete_project(&worker, id)
+        .await
+        .unwrap();
+    let store = s3_store(&env(), Role::Worker);
+    assert_eq!(
+        store
+            .list(&format!("ingest/{user_id}/{project}/"))
+            .await
+            .unwrap(),
+        Vec::<String>::new()
+    );
+    let (status, chunks): (String, i64) = sqlx::query_as(
+        "SELECT status, (SELECT count(*) FROM chunks WHERE project_id = $1) FROM projects WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&worker.db)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), chunks), ("deleted", 0));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn start_enforces_the_concurrent_limit_and_checks_its_fields() {
     let app = TestApp::start(&[("KIROKU_MAX_CONCURRENT_RECORDINGS", "2")]).await;
     let (b, _, _) = app.ready_browser("xavi").await;

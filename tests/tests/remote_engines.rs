@@ -135,10 +135,16 @@ async fn speech_failures_are_clear_bounded_and_never_repeat_the_body() {
     assert_eq!(standin.seen(Endpoint::Transcriptions).len(), 3);
 
     // A wrong key is not retried.
-    let standin = StandIn::start(KEY, answers()).await;
+    standin.clear(Endpoint::Transcriptions);
     let wrong = speech(&standin, "sk-wrong", true, quick(3, 5));
+    let before = standin.seen(Endpoint::Transcriptions).len();
     let e = transcribe(&wrong, 2).await.unwrap_err().to_string();
     assert!(e.contains("HTTP 401"), "{e}");
+    assert_eq!(
+        standin.seen(Endpoint::Transcriptions).len(),
+        before + 1,
+        "a refused key is not retried"
+    );
 
     // A service that never answers: each attempt times out.
     standin.push(Endpoint::Transcriptions, &[Reply::Hang, Reply::Hang]);

@@ -41,7 +41,9 @@ async fn app_worker_and_export_start_and_answer_readyz() {
     }
 
     // Every response carries a request id, and a client cannot choose it.
-    let resp = reqwest::Client::new()
+    let resp = kiroku_tests::http_client()
+        .build()
+        .unwrap()
         .get(format!("http://127.0.0.1:{app_port}/login"))
         .header("x-request-id", "chosen-by-client")
         .send()

@@ -663,11 +663,16 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query("UPDATE projects SET status = 'ready', step = NULL, step_done = 0, step_total = 0, failure = NULL, photo_count = $2 WHERE id = $1")
-        .bind(project)
-        .bind(photo_count)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE projects SET status = 'ready', step = NULL, step_done = 0, step_total = 0,
+                failure = NULL, photo_count = $2, notices = $3
+          WHERE id = $1",
+    )
+    .bind(project)
+    .bind(photo_count)
+    .bind(&notices)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
 
     tracing::info!(project_id = %project, artifacts = rows.len(), "script sealed and stored");
