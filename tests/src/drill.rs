@@ -120,12 +120,63 @@ fn decoded_bytea(dump: &str) -> String {
     out
 }
 
+/// The bytes of an even-length string of hex digits.
+fn hex_bytes(w: &str) -> Option<Vec<u8>> {
+    if w.len() % 2 != 0 || !w.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..w.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&w[i..i + 2], 16).ok())
+        .collect()
+}
+
 /// A sealed artifact as fetched through the export service.
 struct Sealed {
     id: String,
     kind: String,
     object: Vec<u8>,
     dek_enc: Vec<u8>,
+}
+
+/// The first bytes every file of a kind starts with.
+fn known_prefix(kind: &str) -> Option<&'static [u8]> {
+    match kind {
+        "md" => Some(b"# "),
+        "html" => Some(b"<!do"),
+        "pdf" => Some(b"%PDF"),
+        "docx" => Some(b"PK\x03\x04"),
+        _ => None,
+    }
+}
+
+/// Whether `key` may be the artifact's data key: its first AES-GCM
+/// keystream block (counter 2 after the 96-bit nonce) must turn the first
+/// ciphertext bytes into the prefix every file of that kind starts with. A
+/// wrong key passes with odds of 2^-16 or less, and is then refused by the
+/// full authenticated open; the screen saves a pass over the whole
+/// artifact for each of the tens of thousands of candidate windows.
+fn could_open(key: &[u8], artifact: &Sealed) -> bool {
+    use aes::cipher::{BlockCipherEncrypt, KeyInit};
+    let (Some(prefix), Some(nonce), Some(first)) = (
+        known_prefix(&artifact.kind),
+        artifact.object.get(4..16),
+        artifact.object.get(16..32),
+    ) else {
+        return true;
+    };
+    let Ok(cipher) = aes::Aes256::new_from_slice(key) else {
+        return true;
+    };
+    let mut block = [0u8; 16];
+    block[..12].copy_from_slice(nonce);
+    block[15] = 2;
+    let mut block = block.into();
+    cipher.encrypt_block(&mut block);
+    prefix
+        .iter()
+        .enumerate()
+        .all(|(i, p)| first[i] ^ block[i] == *p)
 }
 
 /// Every byte string that could be a key must open nothing: not as a
@@ -145,7 +196,9 @@ fn opens_nothing(
         for w in c.windows(32).step_by(4) {
             let key = Key32(w.try_into()?);
             ensure!(
-                envelope::open_with(&key, &artifact.id, &artifact.kind, &artifact.object).is_err(),
+                !could_open(w, artifact)
+                    || envelope::open_with(&key, &artifact.id, &artifact.kind, &artifact.object)
+                        .is_err(),
                 "a data key was found"
             );
             for (user_id, wrapped) in wrapped_keys {
@@ -161,10 +214,16 @@ fn opens_nothing(
 
 /// Runs the drill against the deployment `config` describes.
 pub async fn run(config: &AppConfig, drill: &Drill) -> anyhow::Result<Findings> {
+    let started = std::time::Instant::now();
     let needles = needles(&drill.sentences);
     ensure!(!needles.is_empty(), "no sentences to look for");
     let mut found = Findings::default();
 
+    tracing::info!(
+        phase = "database",
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "insider drill"
+    );
     // ---- The database, through the app's role: every table it can read.
     let db = sqlx::PgPool::connect(&config.database_url)
         .await
@@ -210,6 +269,11 @@ pub async fn run(config: &AppConfig, drill: &Drill) -> anyhow::Result<Findings> 
         candidates.extend(vals.into_iter().flatten());
     }
 
+    tracing::info!(
+        phase = "redis",
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "insider drill"
+    );
     // ---- Redis: the session and the queue databases, every key.
     let mut redis_text = String::new();
     for url in [&config.session_redis_url, &config.queue_redis_url] {
@@ -254,6 +318,11 @@ pub async fn run(config: &AppConfig, drill: &Drill) -> anyhow::Result<Findings> 
     }
     no_plaintext(&needles, "Redis", &redis_text)?;
 
+    tracing::info!(
+        phase = "storage",
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "insider drill"
+    );
     // ---- Storage with the app's key: it reads and lists nothing.
     let store = Store::open(&config.storage, Role::App)?;
     let rows: Vec<ArtifactRow> = sqlx::query_as(
@@ -276,6 +345,11 @@ pub async fn run(config: &AppConfig, drill: &Drill) -> anyhow::Result<Findings> 
         );
     }
 
+    tracing::info!(
+        phase = "tokens",
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "insider drill"
+    );
     // ---- Tokens its signing key can mint: the export service hands out
     // ciphertext, and the ciphertext holds no plaintext.
     let signing = config
@@ -331,6 +405,11 @@ pub async fn run(config: &AppConfig, drill: &Drill) -> anyhow::Result<Findings> 
     }
     found.artifacts = artifacts.len();
 
+    tracing::info!(
+        phase = "logs",
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "insider drill"
+    );
     // ---- The app's logs.
     found.log_bytes = drill.app_logs.len();
     no_plaintext(&needles, "the app's logs", &drill.app_logs)?;
@@ -340,14 +419,28 @@ pub async fn run(config: &AppConfig, drill: &Drill) -> anyhow::Result<Findings> 
             "a secret is in the app's logs"
         );
     }
+    // A key in a log line is a token of its own: 32 bytes in base64 or hex.
+    // (Trying every 32-byte window of every token, as for the stored
+    // values above, costs a full AES-GCM pass over an artifact per window:
+    // hours for a debug-level log.)
     candidates.extend(
         drill
             .app_logs
             .split(|c: char| c.is_whitespace() || "\"'=,:;{}[]()".contains(c))
-            .filter(|w| w.len() >= 16)
-            .filter_map(|w| kiroku_crypto::b64::decode(w).ok()),
+            .filter(|w| w.len() >= 40)
+            .filter_map(|w| {
+                kiroku_crypto::b64::decode(w)
+                    .ok()
+                    .or_else(|| hex_bytes(w))
+                    .filter(|b| b.len() == 32)
+            }),
     );
 
+    tracing::info!(
+        phase = "candidates",
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "insider drill"
+    );
     // ---- Nothing gathered opens a script.
     let wrapped: Vec<(String, Vec<u8>)> = sqlx::query_as::<_, (uuid::Uuid, Vec<u8>)>(
         "SELECT id, private_key_enc FROM users WHERE private_key_enc IS NOT NULL",
@@ -364,6 +457,11 @@ pub async fn run(config: &AppConfig, drill: &Drill) -> anyhow::Result<Findings> 
         .context("no artifact")?;
     opens_nothing(&candidates, smallest, &wrapped)?;
 
+    tracing::info!(
+        phase = "password",
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "insider drill"
+    );
     // ---- Only the password opens it (the drill's positive control: the
     // material above was real, the attack just lacked the password).
     let (user_id, salt, m, t, p, wrapped_key): (uuid::Uuid, Vec<u8>, i32, i32, i32, Vec<u8>) =
@@ -409,6 +507,30 @@ mod tests {
         );
         assert!(no_plaintext(&n, "x", "…PIENSE en  un numero!").is_err());
         assert!(no_plaintext(&n, "x", "piense en uno").is_ok());
+    }
+
+    #[test]
+    fn the_key_screen_lets_the_real_key_through_and_almost_nothing_else() {
+        let dek = [7u8; 32];
+        for (kind, plain) in [
+            ("md", &b"# La carta\n\nBuenas noches."[..]),
+            ("pdf", b"%PDF-1.7 ..."),
+            ("docx", b"PK\x03\x04 zip"),
+            ("html", b"<!doctype html><p>x</p>"),
+        ] {
+            let object = envelope::seal_with(&Key32(dek), &[9u8; 12], "a1", kind, plain).unwrap();
+            let sealed = Sealed {
+                id: "a1".into(),
+                kind: kind.into(),
+                object,
+                dek_enc: Vec::new(),
+            };
+            assert!(could_open(&dek, &sealed), "{kind}");
+            let passed = (0u8..=255)
+                .filter(|b| could_open(&[*b; 32], &sealed))
+                .count();
+            assert!(passed <= 1, "{kind}: {passed} wrong keys passed");
+        }
     }
 
     #[test]

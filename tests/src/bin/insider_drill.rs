@@ -28,6 +28,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    kiroku_runtime::init_tracing(&kiroku_runtime::Env::from_process());
     let config = AppConfig::from_env(&Env::from_process()).context("the app's configuration")?;
     let password = std::env::var("KIROKU_DRILL_PASSWORD").context("KIROKU_DRILL_PASSWORD")?;
     let mut secrets: Vec<String> = std::env::var("KIROKU_DRILL_SECRETS")
