@@ -92,10 +92,10 @@ bench-export *args: services
 bench-pipeline *args: services
     {{with_env}} cargo run --release -p kiroku-tests --bin bench_pipeline -- {{args}}
 
-# Local Whisper speed: the engine vs whisper.cpp's own CLI linked with the same library (release).
+# Local Whisper speed: the engine vs whisper.cpp's own CLI linked with the same compiled library.
 bench-speech *args: setup
-    cargo build --release -p kiroku-tests --bin bench_speech
-    {{with_env}} {{CARGO_TARGET_DIR}}/release/bench_speech --cli "$(scripts/build-whisper-cli.sh {{CARGO_TARGET_DIR}})" {{args}}
+    cargo build -p kiroku-tests --bin bench_speech
+    {{with_env}} {{bin}}/bench_speech --cli "$(scripts/build-whisper-cli.sh {{CARGO_TARGET_DIR}} debug)" {{args}}
 
 # Recording load: simulated recorders vs the app and SeaweedFS (`just bench-recording --help`).
 bench-recording *args: services

@@ -93,7 +93,7 @@ fn cli_run(
             "5",
             "-bo",
             "5",
-            "-np",
+            // No -np: it also silences the timings read below.
         ])
         .output()
         .context("whisper-cli")?;
