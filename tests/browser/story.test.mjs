@@ -187,6 +187,10 @@ test("from temporary password to a downloaded script, offline", async () => {
   await page.waitForSelector("#preview", { timeout: Number(process.env.STORY_TIMEOUT_MS ?? 300_000) });
   const frame = page.frameLocator("#preview");
   await frame.locator("h1").waitFor();
+  // The script's own stylesheet applies in the frame (the page's CSP allows
+  // exactly it, by hash): a serif body, photos no wider than the text.
+  const font = await frame.locator("body").evaluate((b) => getComputedStyle(b).fontFamily);
+  assert.match(font, /Georgia/, `the script's stylesheet was blocked (font ${font})`);
   const html = await frame.locator("body").innerHTML();
   const text = await frame.locator("body").innerText();
   await shot(page, "story-script");

@@ -122,7 +122,7 @@ fn decoded_bytea(dump: &str) -> String {
 
 /// The bytes of an even-length string of hex digits.
 fn hex_bytes(w: &str) -> Option<Vec<u8>> {
-    if w.len() % 2 != 0 || !w.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !w.len().is_multiple_of(2) || !w.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..w.len())

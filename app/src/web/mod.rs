@@ -38,12 +38,24 @@ fn static_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| "static".into())
 }
 
-/// The Content Security Policy: no inline script or style, WebAssembly
-/// allowed, network only to ourselves and the export service.
+/// The stylesheet inside every HTML script (`templates/script.css`, which
+/// the workers embed): the one inline style the pages allow, by its hash, so
+/// that the script previewed in the sandboxed frame (which inherits this
+/// policy) is laid out as written.
+const SCRIPT_CSS: &str = include_str!("../../../templates/script.css");
+
+/// The Content Security Policy: no inline script, no inline style but the
+/// script's own stylesheet, WebAssembly allowed, network only to ourselves
+/// and the export service.
 fn csp(config: &AppConfig) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
     let export = crate::config::origin_of(&config.export_public_url);
+    let script_css = base64::engine::general_purpose::STANDARD
+        .encode(sha2::Sha256::digest(SCRIPT_CSS.as_bytes()));
     format!(
-        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+         style-src 'self' 'sha256-{script_css}'; \
          img-src 'self' blob: data:; media-src 'self' blob:; connect-src 'self' {export}; \
          frame-src blob:; object-src 'none'; base-uri 'none'; form-action 'self'; \
          frame-ancestors 'none'"

@@ -291,14 +291,9 @@ pub fn markdown(doc: &Document) -> String {
     out
 }
 
-const STYLE: &str = "body{font-family:Georgia,'Iowan Old Style',serif;max-width:42rem;margin:2rem auto;\
-padding:0 1rem;line-height:1.6;color:#1d1a16;background:#fffdf8}h1{font-size:2rem;margin-bottom:.3rem}\
-.meta{color:#6b645a;margin:0 0 2rem}.meta span{margin-right:1.2rem}p{margin:0 0 1rem;text-align:justify;\
-hyphens:auto}figure{margin:1.2rem 0;text-align:center}figure img{max-width:100%;height:auto;border-radius:6px}\
-figcaption{color:#6b645a;font-size:.9rem}p.inner{font-style:italic;border-left:3px solid #b9ab92;\
-padding-left:1rem;color:#4a443c}p.inner-label{font-style:normal;font-weight:bold;font-size:.85rem;\
-letter-spacing:.05em;text-transform:uppercase;margin-bottom:.3rem}@media print{body{margin:0;max-width:none;background:#fff}\
-figure{break-inside:avoid}h1{break-after:avoid}@page{margin:2cm}}";
+/// The script's stylesheet, shared with the app, whose Content Security
+/// Policy allows exactly this text (by hash) in the preview frame.
+const STYLE: &str = include_str!("../../../templates/script.css");
 
 pub fn html(doc: &Document) -> String {
     let l = labels(doc.meta.lang);
