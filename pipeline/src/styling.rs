@@ -190,18 +190,13 @@ impl Styler {
             serde_json::from_slice(&bytes).map_err(|_| RemoteError::Malformed { service: SERVICE })
         })
         .await?;
-        let data = answer
-            .candidates
-            .iter()
-            .flat_map(|c| c.content.iter().flat_map(|c| c.parts.iter()))
-            .find_map(|p| p.inline_data.as_ref().map(|d| d.data.as_str()))
-            .ok_or(RemoteError::Rejected {
-                service: SERVICE,
-                reason: "it drew no image",
-            })?;
-        STANDARD
-            .decode(data)
-            .map_err(|_| RemoteError::Malformed { service: SERVICE })
+        image_bytes(
+            answer
+                .candidates
+                .iter()
+                .flat_map(|c| c.content.iter().flat_map(|c| c.parts.iter()))
+                .find_map(|p| p.inline_data.as_ref().map(|d| d.data.as_str())),
+        )
     }
 
     async fn openai_edit(&self, model: &str, jpeg: Vec<u8>) -> Result<Vec<u8>, RemoteError> {
@@ -227,18 +222,19 @@ impl Styler {
                 .map_err(|e| RemoteError::from_openai(SERVICE, &e))
         })
         .await?;
-        let data = answer
-            .data
-            .iter()
-            .find_map(|d| d.b64_json.as_deref())
-            .ok_or(RemoteError::Rejected {
-                service: SERVICE,
-                reason: "it drew no image",
-            })?;
-        STANDARD
-            .decode(data)
-            .map_err(|_| RemoteError::Malformed { service: SERVICE })
+        image_bytes(answer.data.iter().find_map(|d| d.b64_json.as_deref()))
     }
+}
+
+/// The image a service answered, as base64; none is a refusal.
+fn image_bytes(b64: Option<&str>) -> Result<Vec<u8>, RemoteError> {
+    let b64 = b64.ok_or(RemoteError::Rejected {
+        service: SERVICE,
+        reason: "it drew no image",
+    })?;
+    STANDARD
+        .decode(b64)
+        .map_err(|_| RemoteError::Malformed { service: SERVICE })
 }
 
 #[derive(Deserialize)]

@@ -142,25 +142,7 @@ impl Service {
     /// Starts `name` from [`bin_dir`] with the process's `KIROKU_*`
     /// variables plus `overrides` (an empty value removes a variable).
     pub fn start(name: &'static str, args: &[&str], overrides: &[(&str, String)]) -> Service {
-        let path = bin_dir().join(name);
-        assert!(
-            path.exists(),
-            "{} is missing: run `cargo build --bins` first",
-            path.display()
-        );
-        let mut cmd = std::process::Command::new(path);
-        cmd.args(args).stdout(std::process::Stdio::null());
-        for (k, v) in overrides {
-            if v.is_empty() {
-                cmd.env_remove(k);
-            } else {
-                cmd.env(k, v);
-            }
-        }
-        Service {
-            child: cmd.spawn().expect("spawn service"),
-            name,
-        }
+        Service::spawn(name, args, overrides, std::process::Stdio::inherit())
     }
 
     /// [`Service::start`] with the service's log (stderr) written to `log`.
@@ -169,6 +151,16 @@ impl Service {
         overrides: &[(&str, String)],
         log: &std::path::Path,
     ) -> Service {
+        let file = std::fs::File::create(log).expect("log file");
+        Service::spawn(name, &[], overrides, file.into())
+    }
+
+    fn spawn(
+        name: &'static str,
+        args: &[&str],
+        overrides: &[(&str, String)],
+        stderr: std::process::Stdio,
+    ) -> Service {
         let path = bin_dir().join(name);
         assert!(
             path.exists(),
@@ -176,8 +168,9 @@ impl Service {
             path.display()
         );
         let mut cmd = std::process::Command::new(path);
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(log).expect("log file"));
+        cmd.args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
         for (k, v) in overrides {
             if v.is_empty() {
                 cmd.env_remove(k);

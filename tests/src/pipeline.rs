@@ -131,3 +131,21 @@ pub async fn leftovers(user_id: &str, project: Uuid) -> Vec<String> {
     keys.extend(store.list(&format!("work/{project}/")).await.unwrap());
     keys
 }
+
+/// Runs the job chain the way the queue would, one job at a time.
+pub async fn run_pipeline(worker: &kiroku_pipeline::WorkerState, project: Uuid) {
+    use kiroku_pipeline::process;
+    process::prepare(worker, project).await.expect("prepare");
+    let segments: i64 = sqlx::query_scalar("SELECT count(*) FROM segments WHERE project_id = $1")
+        .bind(project)
+        .fetch_one(&worker.db)
+        .await
+        .unwrap();
+    assert!(segments >= 1);
+    for _ in 0..segments {
+        process::transcribe(worker, project)
+            .await
+            .expect("transcribe");
+    }
+    process::finalize(worker, project).await.expect("finalize");
+}

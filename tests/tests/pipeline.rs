@@ -7,26 +7,9 @@ use std::sync::Arc;
 
 use kiroku_pipeline::process;
 use kiroku_storage::Role;
-use kiroku_tests::pipeline::{leftovers, open_all, stopped_recording, webm_of};
+use kiroku_tests::pipeline::{leftovers, open_all, run_pipeline, stopped_recording, webm_of};
 use kiroku_tests::{Scripted, TestApp, env, s3_store, worker_for};
 use uuid::Uuid;
-
-/// Runs the job chain the way the queue would, one job at a time.
-async fn run_pipeline(worker: &kiroku_pipeline::WorkerState, project: Uuid) {
-    process::prepare(worker, project).await.expect("prepare");
-    let segments: i64 = sqlx::query_scalar("SELECT count(*) FROM segments WHERE project_id = $1")
-        .bind(project)
-        .fetch_one(&worker.db)
-        .await
-        .unwrap();
-    assert!(segments >= 1);
-    for _ in 0..segments {
-        process::transcribe(worker, project)
-            .await
-            .expect("transcribe");
-    }
-    process::finalize(worker, project).await.expect("finalize");
-}
 
 fn docx_text(bytes: &[u8]) -> String {
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("DOCX is a zip");

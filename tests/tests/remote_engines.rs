@@ -17,7 +17,7 @@ use kiroku_pipeline::remote::{ApiKey, RemoteConfig};
 use kiroku_pipeline::speech::openai::{OpenAiSpeech, OpenAiSpeechConfig};
 use kiroku_pipeline::speech::{LanguageHint, SpeechEngine, SpeechError, TranscribeOptions};
 use kiroku_pipeline::styling::{StyleEngine, Styler};
-use kiroku_tests::pipeline::{leftovers, open_all, stopped_recording, webm_of};
+use kiroku_tests::pipeline::{leftovers, open_all, run_pipeline, stopped_recording, webm_of};
 use kiroku_tests::standin::{Answers, ChatMode, Endpoint, LEAK_MARKER, Reply, StandIn, flat_png};
 use kiroku_tests::{Service, TestApp, free_port, worker_with};
 use uuid::Uuid;
@@ -353,22 +353,6 @@ fn remote_settings(standin: &StandIn, quota: &'static str) -> Vec<(&'static str,
         ("KIROKU_REMOTE_BACKOFF_MS", "10".into()),
         ("KIROKU_REMOTE_TIMEOUT_SECS", "10".into()),
     ]
-}
-
-async fn run_pipeline(worker: &kiroku_pipeline::WorkerState, project: Uuid) {
-    use kiroku_pipeline::process;
-    process::prepare(worker, project).await.expect("prepare");
-    let segments: i64 = sqlx::query_scalar("SELECT count(*) FROM segments WHERE project_id = $1")
-        .bind(project)
-        .fetch_one(&worker.db)
-        .await
-        .unwrap();
-    for _ in 0..segments {
-        process::transcribe(worker, project)
-            .await
-            .expect("transcribe");
-    }
-    process::finalize(worker, project).await.expect("finalize");
 }
 
 /// The photos of a Markdown script, decoded.
