@@ -39,10 +39,9 @@ pub async fn delete_project(state: &WorkerState, project: Uuid) -> anyhow::Resul
             .list(&prefix)
             .await
             .with_context(|| format!("list {prefix}"))?;
-        for key in keys {
-            state.store.delete(&key).await.context("delete object")?;
-            removed += 1;
-        }
+        removed += crate::process::delete_objects(&state.store, keys)
+            .await
+            .context("delete object")?;
     }
     let mut tx = state.db.begin().await?;
     // Transcripts too: a project deleted mid-processing still has them.

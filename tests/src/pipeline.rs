@@ -10,15 +10,32 @@ use crate::{TestApp, env, fixture, s3_store};
 
 /// WebM/Opus of a fixture, as a browser would record it.
 pub fn webm_of(wav: &str) -> Vec<u8> {
+    encode_webm(wav, None)
+}
+
+/// A fixture played in a loop for `seconds`, as WebM/Opus at the island's
+/// bitrate: a recording of any length.
+pub fn looped_webm(wav: &str, seconds: u32) -> Vec<u8> {
+    encode_webm(wav, Some(seconds))
+}
+
+fn encode_webm(wav: &str, looped_seconds: Option<u32>) -> Vec<u8> {
     let out = std::env::temp_dir().join(format!("kiroku-{}.webm", Uuid::new_v4()));
-    let status = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(fixture(wav))
+    let mut ffmpeg = std::process::Command::new("ffmpeg");
+    ffmpeg.args(["-v", "error", "-y"]);
+    if looped_seconds.is_some() {
+        ffmpeg.args(["-stream_loop", "-1"]);
+    }
+    ffmpeg.arg("-i").arg(fixture(wav));
+    if let Some(secs) = looped_seconds {
+        ffmpeg.args(["-t", &secs.to_string()]);
+    }
+    let status = ffmpeg
         .args(["-c:a", "libopus", "-b:a", "32k", "-f", "webm"])
         .arg(&out)
         .status()
-        .unwrap();
-    assert!(status.success());
+        .expect("ffmpeg");
+    assert!(status.success(), "ffmpeg could not encode {wav}");
     let bytes = std::fs::read(&out).unwrap();
     std::fs::remove_file(out).ok();
     bytes

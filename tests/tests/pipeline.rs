@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use kiroku_pipeline::process;
 use kiroku_storage::Role;
-use kiroku_tests::pipeline::{leftovers, open_all, run_pipeline, stopped_recording, webm_of};
+use kiroku_tests::pipeline::{
+    leftovers, looped_webm, open_all, run_pipeline, stopped_recording, stopped_recording_of,
+    webm_of,
+};
 use kiroku_tests::{Scripted, TestApp, env, s3_store, worker_for};
 use uuid::Uuid;
 
@@ -222,6 +225,130 @@ async fn an_incomplete_recording_is_refused_before_anything_is_decoded() {
     let err = process::prepare(&worker, project).await.unwrap_err();
     assert!(format!("{err}").contains("incomplete"));
     for k in leftovers(&user_id, project).await {
+        s3_store(&env(), Role::Worker).delete(&k).await.unwrap();
+    }
+    worker.db.close().await;
+    app.stop().await;
+}
+
+/// Samples ffmpeg makes of `audio` in one go (16 kHz mono).
+fn decoded_samples(audio: &[u8]) -> usize {
+    use std::io::Write;
+    let mut ffmpeg = std::process::Command::new("ffmpeg")
+        .args([
+            "-v", "error", "-i", "pipe:0", "-ac", "1", "-ar", "16000", "-f", "s16le", "pipe:1",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = ffmpeg.stdin.take().unwrap();
+    let audio = audio.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&audio).unwrap());
+    let out = ffmpeg.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert!(out.status.success());
+    out.stdout.len() / 2
+}
+
+#[tokio::test]
+async fn a_long_recording_is_cut_into_segments_that_tile_it_exactly() {
+    let app = TestApp::start(&[]).await;
+    let (_, user_id, _) = app.ready_browser("teo").await;
+    // 200 s in 20 chunks: the segments cross chunk boundaries everywhere.
+    let audio = looped_webm("routine-es.wav", 200);
+    let project = stopped_recording_of(&app, &user_id, &audio, 20, 200_000, &[]).await;
+    let worker = worker_for(&app, None).await;
+    process::prepare(&worker, project).await.unwrap();
+
+    let rows: Vec<(i32, i64, i64, String)> = sqlx::query_as(
+        "SELECT idx, start_ms, end_ms, object_key FROM segments WHERE project_id = $1 ORDER BY idx",
+    )
+    .bind(project)
+    .fetch_all(&worker.db)
+    .await
+    .unwrap();
+    assert!(
+        rows.len() >= 5,
+        "200 s in segments of at most 40 s: {}",
+        rows.len()
+    );
+    let store = s3_store(&env(), Role::Worker);
+    let mut expected_start = 0;
+    let mut samples = 0;
+    for (i, (idx, start_ms, end_ms, key)) in rows.iter().enumerate() {
+        assert_eq!(*idx, i as i32);
+        assert_eq!(
+            *start_ms, expected_start,
+            "segment {idx} starts where the last ended"
+        );
+        assert!(
+            end_ms - start_ms <= 40_000,
+            "segment {idx} is {} ms",
+            end_ms - start_ms
+        );
+        let wav = store
+            .get(key, None)
+            .await
+            .unwrap()
+            .into_bytes()
+            .await
+            .unwrap();
+        let pcm = process::segment::wav_samples(&wav).expect("a 16 kHz mono WAV");
+        // The rows' times are the objects' sample offsets in milliseconds.
+        let ms = |samples: usize| (samples * 1000 / 16_000) as i64;
+        assert_eq!((*start_ms, *end_ms), (ms(samples), ms(samples + pcm.len())));
+        samples += pcm.len();
+        expected_start = *end_ms;
+    }
+    // Nothing lost or repeated: the segments hold exactly what a decode of
+    // the whole recording gives.
+    assert_eq!(samples, decoded_samples(&audio));
+    let (step, total): (String, i32) =
+        sqlx::query_as("SELECT step, step_total FROM projects WHERE id = $1")
+            .bind(project)
+            .fetch_one(&worker.db)
+            .await
+            .unwrap();
+    assert_eq!((step.as_str(), total), ("transcribe", rows.len() as i32));
+    for k in leftovers(&user_id, project).await {
+        store.delete(&k).await.unwrap();
+    }
+    worker.db.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn audio_that_does_not_decode_fails_prepare_and_keeps_the_chunks() {
+    let app = TestApp::start(&[]).await;
+    let (_, user_id, _) = app.ready_browser("uma").await;
+    let garbage: Vec<u8> = b"this is no recording at all "
+        .iter()
+        .copied()
+        .cycle()
+        .take(40_000)
+        .collect();
+    let project = stopped_recording_of(&app, &user_id, &garbage, 4, 40_000, &[]).await;
+    let worker = worker_for(&app, None).await;
+    let err = process::prepare(&worker, project).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("could not be decoded"),
+        "{err:#}"
+    );
+    let segments: i64 = sqlx::query_scalar("SELECT count(*) FROM segments WHERE project_id = $1")
+        .bind(project)
+        .fetch_one(&worker.db)
+        .await
+        .unwrap();
+    assert_eq!(segments, 0);
+    let left = leftovers(&user_id, project).await;
+    assert_eq!(
+        left.iter().filter(|k| k.contains("/chunks/")).count(),
+        4,
+        "the chunks stay for a retry: {left:?}"
+    );
+    assert!(left.iter().all(|k| !k.starts_with("work/")), "{left:?}");
+    for k in left {
         s3_store(&env(), Role::Worker).delete(&k).await.unwrap();
     }
     worker.db.close().await;

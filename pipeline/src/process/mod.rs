@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use kiroku_jobs::{Job, JobKind};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -79,18 +80,43 @@ pub async fn mark_failed(state: &WorkerState, project: Uuid, reason: &str) -> an
     Ok(())
 }
 
+/// Deletes at once; object stores answer many small requests in parallel
+/// far faster than one after another.
+const PARALLEL_DELETES: usize = 16;
+
+/// Deletes the objects named, several at a time.
+pub(crate) async fn delete_objects(
+    store: &kiroku_storage::WorkerStore,
+    keys: impl IntoIterator<Item = String>,
+) -> Result<usize, kiroku_storage::StorageError> {
+    futures_util::stream::iter(keys)
+        .map(|key| async move { store.delete(&key).await })
+        .buffer_unordered(PARALLEL_DELETES)
+        .try_fold(0usize, |n, ()| async move { Ok(n + 1) })
+        .await
+}
+
 /// Removes every object under `prefix` (work files of a previous run).
 async fn clear_prefix(state: &WorkerState, prefix: &str) -> anyhow::Result<usize> {
     let keys = state.store.list(prefix).await?;
-    for k in &keys {
-        state.store.delete(k).await?;
-    }
-    Ok(keys.len())
+    Ok(delete_objects(&state.store, keys).await?)
 }
 
-/// Decodes the concatenated chunks (in order) to 16 kHz mono with ffmpeg,
-/// streaming them in so the whole recording is never held twice.
-async fn decode(state: &WorkerState, keys: Vec<String>) -> anyhow::Result<Vec<f32>> {
+/// Chunks fetched ahead of the decoder.
+const CHUNK_PREFETCH: usize = 4;
+/// Segments being stored at once while decoding goes on.
+const SEGMENT_UPLOADS: usize = 4;
+
+/// Streams the chunks, in order, through ffmpeg to 16 kHz mono, cuts the
+/// audio into segments as it comes out and stores each segment (object and
+/// row) as soon as it is cut. Fetching, decoding and storing overlap, and
+/// only the segment being filled is held in memory, however long the
+/// recording. Returns how many segments were stored.
+async fn decode_into_segments(
+    state: &WorkerState,
+    project: Uuid,
+    keys: Vec<String>,
+) -> anyhow::Result<usize> {
     let mut child = tokio::process::Command::new("ffmpeg")
         .args([
             "-v", "error", "-i", "pipe:0", "-ac", "1", "-ar", "16000", "-f", "s16le", "pipe:1",
@@ -104,27 +130,104 @@ async fn decode(state: &WorkerState, keys: Vec<String>) -> anyhow::Result<Vec<f3
     let mut stdin = child.stdin.take().context("ffmpeg stdin")?;
     let mut stdout = child.stdout.take().context("ffmpeg stdout")?;
     let store = state.store.clone();
-    let feeder = tokio::spawn(async move {
-        for key in keys {
-            let bytes = store.get(&key, None).await?.into_bytes().await?;
+    let mut feeder = crate::queue::AbortOnDrop(tokio::spawn(async move {
+        let mut chunks = futures_util::stream::iter(keys)
+            .map(|key| {
+                let store = store.clone();
+                async move { store.get(&key, None).await?.into_bytes().await }
+            })
+            .buffered(CHUNK_PREFETCH);
+        while let Some(bytes) = chunks.try_next().await? {
             if stdin.write_all(&bytes).await.is_err() {
                 break; // ffmpeg gave up; its exit status says why
             }
         }
         drop(stdin);
         Ok::<_, kiroku_storage::StorageError>(())
-    });
-    let mut pcm = Vec::new();
-    stdout.read_to_end(&mut pcm).await?;
-    let output = child.wait_with_output().await?;
-    feeder.await.context("chunk feeder")??;
-    if !output.status.success() {
+    }));
+
+    let mut cutter = segment::Segmenter::new(segment::Plan::default());
+    let mut uploads = tokio::task::JoinSet::new();
+    let mut stored = 0usize;
+    let mut pcm = vec![0u8; 64 * 1024];
+    let mut filled = 0usize; // bytes in `pcm` not yet turned into samples
+    let mut samples = Vec::with_capacity(pcm.len() / 2);
+    loop {
+        let n = stdout.read(&mut pcm[filled..]).await?;
+        let ended = n == 0;
+        filled += n;
+        let whole = filled & !1;
+        samples.clear();
+        samples.extend(
+            pcm[..whole]
+                .chunks_exact(2)
+                .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0),
+        );
+        pcm.copy_within(whole..filled, 0);
+        filled -= whole;
+        let mut done = cutter.push(&samples);
+        if ended {
+            break_if_failed(&mut child).await?;
+            done.extend(cutter.finish());
+        }
+        for seg in done {
+            while uploads.len() >= SEGMENT_UPLOADS {
+                uploads.join_next().await.expect("tasks")??;
+            }
+            let idx = stored;
+            stored += 1;
+            let (db, store) = (state.db.clone(), state.store.clone());
+            uploads.spawn(store_segment(db, store, project, idx, seg));
+        }
+        if ended {
+            break;
+        }
+    }
+    while let Some(result) = uploads.join_next().await {
+        result??;
+    }
+    (&mut feeder.0).await.context("chunk feeder")??;
+    Ok(stored)
+}
+
+/// Waits for ffmpeg after its output ended; an error if it failed.
+async fn break_if_failed(child: &mut tokio::process::Child) -> anyhow::Result<()> {
+    let status = child.wait().await?;
+    if !status.success() {
+        let mut why = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            let _ = err.read_to_string(&mut why).await;
+        }
+        // ffmpeg's message names nothing of the performer's; keep it short.
+        tracing::warn!(detail = %why.lines().next().unwrap_or(""), "ffmpeg failed");
         bail!("the recording could not be decoded");
     }
-    Ok(pcm
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
-        .collect())
+    Ok(())
+}
+
+/// Stores one segment's WAV under the project's work area and its row.
+async fn store_segment(
+    db: sqlx::PgPool,
+    store: kiroku_storage::WorkerStore,
+    project: Uuid,
+    idx: usize,
+    seg: segment::Segment,
+) -> anyhow::Result<()> {
+    let key = format!("work/{project}/segments/{idx:04}.wav");
+    let (start_ms, end_ms) = (seg.start_ms(), seg.end_ms().max(seg.start_ms() + 1));
+    let wav = tokio::task::spawn_blocking(move || segment::wav_bytes(&seg.samples)).await?;
+    store.put(&key, Bytes::from(wav)).await?;
+    sqlx::query(
+        "INSERT INTO segments (project_id, idx, start_ms, end_ms, object_key) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(project)
+    .bind(idx as i32)
+    .bind(start_ms)
+    .bind(end_ms)
+    .bind(&key)
+    .execute(&db)
+    .await?;
+    Ok(())
 }
 
 /// Assembles the recording and splits it into segments for transcription.
@@ -161,7 +264,6 @@ pub async fn prepare(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
     if !contiguous {
         bail!("the recording is incomplete: chunks are missing");
     }
-    let samples = decode(state, chunks.into_iter().map(|(_, k)| k).collect()).await?;
 
     // A retry starts from a clean slate.
     clear_prefix(state, &format!("work/{project}/")).await?;
@@ -174,27 +276,8 @@ pub async fn prepare(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
         .execute(&state.db)
         .await?;
 
-    let cuts = segment::cut_points(&samples, segment::Plan::default(), true);
-    let mut start = 0usize;
-    for (idx, end) in cuts.iter().enumerate() {
-        let key = format!("work/{project}/segments/{idx:04}.wav");
-        state
-            .store
-            .put(&key, Bytes::from(segment::wav_bytes(&samples[start..*end])))
-            .await?;
-        sqlx::query(
-            "INSERT INTO segments (project_id, idx, start_ms, end_ms, object_key) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(project)
-        .bind(idx as i32)
-        .bind((start * 1000 / segment::RATE) as i64)
-        .bind(((*end * 1000 / segment::RATE) as i64).max((start * 1000 / segment::RATE) as i64 + 1))
-        .bind(&key)
-        .execute(&state.db)
-        .await?;
-        start = *end;
-    }
-    let n = cuts.len() as i32;
+    let keys = chunks.into_iter().map(|(_, k)| k).collect();
+    let n = decode_into_segments(state, project, keys).await? as i32;
     tracing::info!(project_id = %project, user_id = %user, segments = n, "recording prepared");
     set_step(state, project, "transcribe", 0, n).await?;
     if n == 0 {
@@ -298,20 +381,26 @@ pub async fn transcribe(state: &WorkerState, project: Uuid) -> anyhow::Result<()
             .bind(idx)
             .execute(&mut *tx)
             .await?;
-        for (i, line) in transcript.lines.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO transcript_lines (project_id, segment_idx, line_idx, start_ms, end_ms, text)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(project)
-            .bind(idx)
-            .bind(i as i32)
-            .bind(start_ms + line.start_ms)
-            .bind(start_ms + line.end_ms.max(line.start_ms))
-            .bind(&line.text)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // One statement for all the lines of the segment.
+        let lines = &transcript.lines;
+        sqlx::query(
+            "INSERT INTO transcript_lines (project_id, segment_idx, line_idx, start_ms, end_ms, text)
+             SELECT $1, $2, l.i, l.s, l.e, l.t
+               FROM unnest($3::int[], $4::bigint[], $5::bigint[], $6::text[]) AS l(i, s, e, t)",
+        )
+        .bind(project)
+        .bind(idx)
+        .bind((0..lines.len() as i32).collect::<Vec<_>>())
+        .bind(lines.iter().map(|l| start_ms + l.start_ms).collect::<Vec<_>>())
+        .bind(
+            lines
+                .iter()
+                .map(|l| start_ms + l.end_ms.max(l.start_ms))
+                .collect::<Vec<_>>(),
+        )
+        .bind(lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE segments SET status = 'done' WHERE project_id = $1 AND idx = $2")
             .bind(project)
             .bind(idx)
@@ -488,6 +577,68 @@ async fn stylize(
     }
 }
 
+/// Photos prepared at once while finalizing.
+const PARALLEL_PHOTOS: usize = 2;
+
+/// A photo ready for the documents (with its PNG for the DOCX), or `None`
+/// when it had to be left out, and what styling could not do for it.
+struct PhotoOutcome {
+    ready: Option<(Photo, Vec<u8>)>,
+    unstyled: Unstyled,
+}
+
+/// One photo made ready for the documents: upright, drawn if the project
+/// asked for it, encoded for the PDF (JPEG) and the DOCX (PNG). A photo
+/// that cannot be decoded or encoded is left out (`None`) with a warning;
+/// what styling could not do is counted.
+async fn prepare_photo(
+    state: &WorkerState,
+    p: &ProjectRow,
+    project: Uuid,
+    id: Uuid,
+    offset_ms: i64,
+    key: String,
+) -> anyhow::Result<PhotoOutcome> {
+    let mut unstyled = Unstyled::default();
+    let bytes = state.store.get(&key, None).await?.into_bytes().await?;
+    let upright = match tokio::task::spawn_blocking(move || photos::upright(&bytes)).await? {
+        Ok(upright) => upright,
+        Err(e) => {
+            tracing::warn!(project_id = %project, photo_id = %id, error = %e, "photo left out");
+            return Ok(PhotoOutcome {
+                ready: None,
+                unstyled,
+            });
+        }
+    };
+    let drawn = if p.stylize {
+        stylize(state, p.user_id, project, id, upright, &mut unstyled).await?
+    } else {
+        upright
+    };
+    match tokio::task::spawn_blocking(move || photos::encode(&drawn)).await? {
+        Ok(prepared) => {
+            let photo = Photo {
+                offset_ms,
+                jpeg: prepared.jpeg,
+                width: prepared.width,
+                height: prepared.height,
+            };
+            Ok(PhotoOutcome {
+                ready: Some((photo, prepared.png)),
+                unstyled,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(project_id = %project, photo_id = %id, error = %e, "photo left out");
+            Ok(PhotoOutcome {
+                ready: None,
+                unstyled,
+            })
+        }
+    }
+}
+
 /// Writes, seals and stores the script, then deletes everything else of
 /// the project. Nothing is deleted before the new artifacts are recorded.
 pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
@@ -529,36 +680,23 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
     .bind(project)
     .fetch_all(&state.db)
     .await?;
+    // Photos are independent of each other: prepare them side by side
+    // (decoding and encoding keep a core busy each; styling waits on the
+    // network), keeping their order.
+    let prepared: Vec<PhotoOutcome> = futures_util::stream::iter(photo_rows)
+        .map(|(id, offset_ms, key)| prepare_photo(state, &p, project, id, offset_ms, key))
+        .buffered(PARALLEL_PHOTOS)
+        .try_collect()
+        .await?;
     let mut photos = Vec::new();
     let mut pngs = Vec::new();
     let mut unstyled = Unstyled::default();
-    for (id, offset_ms, key) in photo_rows {
-        let bytes = state.store.get(&key, None).await?.into_bytes().await?;
-        let upright = match tokio::task::spawn_blocking(move || photos::upright(&bytes)).await? {
-            Ok(upright) => upright,
-            Err(e) => {
-                tracing::warn!(project_id = %project, photo_id = %id, error = %e, "photo left out");
-                continue;
-            }
-        };
-        let drawn = if p.stylize {
-            stylize(state, p.user_id, project, id, upright, &mut unstyled).await?
-        } else {
-            upright
-        };
-        match tokio::task::spawn_blocking(move || photos::encode(&drawn)).await? {
-            Ok(prepared) => {
-                photos.push(Photo {
-                    offset_ms,
-                    jpeg: prepared.jpeg,
-                    width: prepared.width,
-                    height: prepared.height,
-                });
-                pngs.push(prepared.png);
-            }
-            Err(e) => {
-                tracing::warn!(project_id = %project, photo_id = %id, error = %e, "photo left out")
-            }
+    for outcome in prepared {
+        unstyled.quota += outcome.unstyled.quota;
+        unstyled.failed += outcome.unstyled.failed;
+        if let Some((photo, png)) = outcome.ready {
+            photos.push(photo);
+            pngs.push(png);
         }
     }
     let meta = Meta {
@@ -601,28 +739,40 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
         .context("rendering task")??;
 
     let stem = file_stem(&p.title);
-    let mut rows = Vec::new();
-    for out in outputs {
-        let artifact = Uuid::new_v4();
-        let sealed =
-            kiroku_crypto::envelope::seal(&public, &artifact.to_string(), out.kind, &out.bytes)
+    // Each artifact under a fresh id; sealing is quick, storing waits on
+    // the network, so the four go side by side.
+    let rows: Vec<_> = futures_util::stream::iter(outputs)
+        .map(|out| {
+            let (public, store, stem) = (&public, &state.store, &stem);
+            async move {
+                let artifact = Uuid::new_v4();
+                let sealed = kiroku_crypto::envelope::seal(
+                    public,
+                    &artifact.to_string(),
+                    out.kind,
+                    &out.bytes,
+                )
                 .map_err(|e| anyhow::anyhow!("sealing failed: {e}"))?;
-        drop(out.bytes);
-        let key = format!("final/v1/{}/{project}/{artifact}", p.user_id);
-        let sha = sha2::Sha256::digest(&sealed.object).to_vec();
-        let size = sealed.object.len() as i64;
-        state.store.put(&key, Bytes::from(sealed.object)).await?;
-        rows.push((
-            artifact,
-            out.kind,
-            out.content_type,
-            format!("{stem}.{}", out.extension),
-            key,
-            size,
-            sha,
-            sealed.dek_enc,
-        ));
-    }
+                drop(out.bytes);
+                let key = format!("final/v1/{}/{project}/{artifact}", p.user_id);
+                let sha = sha2::Sha256::digest(&sealed.object).to_vec();
+                let size = sealed.object.len() as i64;
+                store.put(&key, Bytes::from(sealed.object)).await?;
+                anyhow::Ok((
+                    artifact,
+                    out.kind,
+                    out.content_type,
+                    format!("{stem}.{}", out.extension),
+                    key,
+                    size,
+                    sha,
+                    sealed.dek_enc,
+                ))
+            }
+        })
+        .buffered(4)
+        .try_collect()
+        .await?;
 
     let mut tx = state.db.begin().await?;
     // Two runs of this job can overlap (a stalled worker's job is handed out
@@ -635,9 +785,8 @@ pub async fn finalize(state: &WorkerState, project: Uuid) -> anyhow::Result<()> 
         .await?;
     if status != "processing" {
         tx.rollback().await?;
-        for (.., key, _, _, _) in &rows {
-            state.store.delete(key).await?;
-        }
+        let ours: Vec<String> = rows.iter().map(|r| r.4.clone()).collect();
+        delete_objects(&state.store, ours).await?;
         tracing::info!(project_id = %project, status = %status, "another run finished first");
         return Ok(());
     }
@@ -695,15 +844,14 @@ async fn forget_all_but_the_script(
             .await?
             .into_iter()
             .collect();
-    for key in state
+    let stale = state
         .store
         .list(&format!("final/v1/{user}/{project}/"))
         .await?
-    {
-        if !keep.contains(&key) {
-            state.store.delete(&key).await?;
-        }
-    }
+        .into_iter()
+        .filter(|key| !keep.contains(key))
+        .collect::<Vec<_>>();
+    delete_objects(&state.store, stale).await?;
     clear_prefix(state, &format!("ingest/{user}/{project}/")).await?;
     clear_prefix(state, &format!("work/{project}/")).await?;
     for table in ["transcript_lines", "segments", "chunks", "photos"] {

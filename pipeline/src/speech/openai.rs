@@ -9,8 +9,6 @@
 //! plain `json` (models that return no timestamps) the whole answer is one
 //! line spanning the segment.
 
-use std::io::Cursor;
-
 use async_openai::types::audio::{
     AudioInput, AudioResponseFormat, CreateTranscriptionRequest, TimestampGranularity,
 };
@@ -18,6 +16,7 @@ use kiroku_runtime::{ConfigError, Env};
 use serde::Deserialize;
 
 use super::{SAMPLE_RATE, Segment, SpeechEngine, SpeechError, TranscribeOptions, Transcript};
+use crate::process::segment::wav_bytes;
 use crate::remote::{self, RemoteConfig, RemoteError};
 
 const SERVICE: &str = "speech service";
@@ -198,25 +197,6 @@ fn language_code(name: &str) -> Option<&'static str> {
     }
 }
 
-/// 16-bit PCM WAV of the samples.
-fn wav_bytes(audio: &[f32]) -> Result<Vec<u8>, SpeechError> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: SAMPLE_RATE,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut out = Cursor::new(Vec::with_capacity(44 + audio.len() * 2));
-    let fail = |e: hound::Error| SpeechError::Engine(format!("cannot encode the segment: {e}"));
-    let mut writer = hound::WavWriter::new(&mut out, spec).map_err(fail)?;
-    for s in audio {
-        let v = (s.clamp(-1.0, 1.0) * f32::from(i16::MAX)).round() as i16;
-        writer.write_sample(v).map_err(fail)?;
-    }
-    writer.finalize().map_err(fail)?;
-    Ok(out.into_inner())
-}
-
 impl SpeechEngine for OpenAiSpeech {
     fn transcribe(
         &self,
@@ -226,7 +206,7 @@ impl SpeechEngine for OpenAiSpeech {
         if audio.is_empty() {
             return Err(SpeechError::NoAudio);
         }
-        let wav = wav_bytes(audio)?;
+        let wav = wav_bytes(audio);
         if wav.len() > UPLOAD_LIMIT {
             return Err(SpeechError::Engine(format!(
                 "a segment of {} MB is over the speech service's upload limit",
@@ -297,8 +277,8 @@ mod tests {
 
     #[test]
     fn wav_is_16_bit_mono_at_16_khz() {
-        let wav = wav_bytes(&[0.0, 1.0, -1.0, 2.0]).unwrap();
-        let mut r = hound::WavReader::new(Cursor::new(wav)).unwrap();
+        let wav = wav_bytes(&[0.0, 1.0, -1.0, 2.0]);
+        let mut r = hound::WavReader::new(std::io::Cursor::new(wav)).unwrap();
         assert_eq!(r.spec().sample_rate, SAMPLE_RATE);
         assert_eq!(r.spec().channels, 1);
         let s: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();

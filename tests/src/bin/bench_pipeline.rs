@@ -24,7 +24,7 @@ use anyhow::{Context, ensure};
 use clap::Parser;
 use kiroku_pipeline::WorkerState;
 use kiroku_pipeline::process::{self, compose};
-use kiroku_tests::pipeline::{leftovers, stopped_recording_of};
+use kiroku_tests::pipeline::{leftovers, looped_webm, stopped_recording_of};
 use kiroku_tests::{Scripted, TestApp, env, fixture, worker_for};
 use uuid::Uuid;
 
@@ -54,23 +54,6 @@ fn routine() -> Vec<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
-}
-
-/// The routine looped to `minutes`, as WebM/Opus at the island's bitrate.
-fn long_recording(minutes: u32) -> anyhow::Result<Vec<u8>> {
-    let out = std::env::temp_dir().join(format!("kiroku-bench-{}.webm", Uuid::new_v4()));
-    let status = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-stream_loop", "-1", "-i"])
-        .arg(fixture("routine-es.wav"))
-        .args(["-t", &(minutes * 60).to_string()])
-        .args(["-c:a", "libopus", "-b:a", "32k", "-f", "webm"])
-        .arg(&out)
-        .status()
-        .context("ffmpeg")?;
-    ensure!(status.success(), "ffmpeg could not encode the recording");
-    let bytes = std::fs::read(&out)?;
-    std::fs::remove_file(&out).ok();
-    Ok(bytes)
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -144,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
     ensure!(args.runs >= 1 && args.minutes >= 1);
     let app = TestApp::start(&[]).await;
     let (_, user_id, _) = app.ready_browser("bench").await;
-    let audio = long_recording(args.minutes)?;
+    let audio = looped_webm("routine-es.wav", args.minutes * 60);
     let duration_ms = i64::from(args.minutes) * 60_000;
     let photos: Vec<(&str, i64)> = (0..args.photos)
         .map(|i| {
