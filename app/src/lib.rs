@@ -9,6 +9,7 @@ pub mod db;
 pub mod doctor;
 pub mod error;
 pub mod i18n;
+pub mod ledger;
 pub mod projects;
 pub mod recording;
 pub mod session;
@@ -50,6 +51,7 @@ pub async fn state(config: AppConfig) -> anyhow::Result<web::AppState> {
     let ingest = IngestWriter::new(Store::open(&config.storage, Role::App)?);
     Ok(web::AppState {
         config: Arc::new(config),
+        chunks: ledger::ChunkLedger::start(db.clone()),
         db,
         ingest,
         sessions,

@@ -300,39 +300,28 @@ async fn store_chunk(
     seq: u32,
     audio: Bytes,
 ) -> Result<(), AppError> {
-    // One round trip for both questions: is the project still recording,
-    // and is this chunk already stored?
-    let row: Option<(String, bool)> = sqlx::query_as(
-        "SELECT p.status,
-                EXISTS (SELECT 1 FROM chunks c WHERE c.project_id = p.id AND c.seq = $3)
-           FROM projects p WHERE p.id = $1 AND p.user_id = $2",
-    )
-    .bind(project)
-    .bind(user.id)
-    .bind(seq as i32)
-    .fetch_optional(&s.db)
-    .await?;
-    let (status, stored) = row.ok_or(AppError::NotFound)?;
-    if status != "recording" {
-        return Err(AppError::Conflict("stopped".into()));
+    // Both questions at once (batched with other chunks' by the ledger): is
+    // the project still recording, and is this chunk already stored?
+    let state = s.chunks.check(user.id, project, seq as i32).await?;
+    match state.project_status.as_deref() {
+        None => return Err(AppError::NotFound),
+        Some("recording") => {}
+        Some(_) => return Err(AppError::Conflict("stopped".into())),
     }
-    if stored {
+    if state.stored {
         return Ok(()); // a resend: already durable, never overwritten
     }
     let key = chunk_key(user.id, project, seq);
     let size = audio.len() as i32;
     s.ingest.put(&key, audio).await?;
-    sqlx::query(
-        "INSERT INTO chunks (project_id, seq, size, object_key) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (project_id, seq) DO NOTHING",
-    )
-    .bind(project)
-    .bind(seq as i32)
-    .bind(size)
-    .bind(&key)
-    .execute(&s.db)
-    .await?;
-    Ok(())
+    s.chunks
+        .record(crate::ledger::ChunkRow {
+            project,
+            seq: seq as i32,
+            size,
+            key,
+        })
+        .await
 }
 
 /// What a photo's first bytes say it is.

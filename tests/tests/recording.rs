@@ -447,3 +447,108 @@ async fn start_enforces_the_concurrent_limit_and_checks_its_fields() {
     assert_eq!(start(&anon, "x").await.0, 401);
     app.stop().await;
 }
+
+/// A project row of `user` in `status`, as `start` would make it.
+async fn project_in(app: &TestApp, user: uuid::Uuid, status: &str) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO projects (id, user_id, title, participant, language, stylize, audio_type)
+         VALUES ($1, $2, 'Ledger', '', 'es', false, 'audio/webm')",
+    )
+    .bind(id)
+    .bind(user)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE projects SET status = $2 WHERE id = $1")
+        .bind(id)
+        .bind(status)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn the_chunk_ledger_answers_each_chunk_of_a_batch_for_itself() {
+    use kiroku_app::ledger::{ChunkLedger, ChunkRow, ChunkState};
+    let app = TestApp::start(&[]).await;
+    let (_, user_id, _) = app.ready_browser("lea").await;
+    let user: uuid::Uuid = user_id.parse().unwrap();
+    let recording = project_in(&app, user, "recording").await;
+    let stopped = project_in(&app, user, "queued").await;
+    let ledger = ChunkLedger::start(app.pool.clone());
+    let row = |project, seq: i32, tag: &str| ChunkRow {
+        project,
+        seq,
+        size: 10,
+        key: format!("ingest/{user}/{project}/chunks/{seq:06}{tag}"),
+    };
+
+    // 100 rows, resends of the first half racing their originals, and rows
+    // that break a constraint (an unknown project, an empty chunk), all at
+    // once so that they share batches.
+    let mut tasks = tokio::task::JoinSet::new();
+    for seq in 0..100 {
+        let (l, r) = (ledger.clone(), row(recording, seq, ""));
+        tasks.spawn(async move { (true, l.record(r).await.is_ok()) });
+        if seq < 50 {
+            let (l, r) = (ledger.clone(), row(recording, seq, "-again"));
+            tasks.spawn(async move { (true, l.record(r).await.is_ok()) });
+        }
+        if seq % 10 == 0 {
+            let (l, r) = (ledger.clone(), row(uuid::Uuid::new_v4(), seq, ""));
+            tasks.spawn(async move { (false, l.record(r).await.is_ok()) });
+            let (l, mut r) = (ledger.clone(), row(recording, 1000 + seq, ""));
+            r.size = 0;
+            tasks.spawn(async move { (false, l.record(r).await.is_ok()) });
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (should, did) = done.unwrap();
+        assert_eq!(should, did, "a row was answered for another row's fate");
+    }
+    let rows: Vec<(i32, String)> =
+        sqlx::query_as("SELECT seq, object_key FROM chunks WHERE project_id = $1 ORDER BY seq")
+            .bind(recording)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 100, "one row per chunk, resends included");
+    assert!(
+        rows.iter()
+            .enumerate()
+            .all(|(i, (seq, _))| *seq == i as i32)
+    );
+
+    // Questions about different chunks and projects, and one about a
+    // project by someone who does not own it, all at once.
+    let stranger = uuid::Uuid::new_v4();
+    let asked = [
+        (user, recording, 7, Some("recording"), true),
+        (user, recording, 100, Some("recording"), false),
+        (user, stopped, 0, Some("queued"), false),
+        (user, stranger, 0, None, false),
+        (stranger, recording, 7, None, false),
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..25 {
+        for (i, (owner, project, seq, _, _)) in asked.iter().enumerate() {
+            let (l, owner, project, seq) = (ledger.clone(), *owner, *project, *seq);
+            tasks.spawn(async move { (round, i, l.check(owner, project, seq).await.unwrap()) });
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (_, i, state) = done.unwrap();
+        let (_, _, _, status, stored) = asked[i];
+        assert_eq!(
+            state,
+            ChunkState {
+                project_status: status.map(str::to_owned),
+                stored,
+            },
+            "question {i}"
+        );
+    }
+    app.stop().await;
+}

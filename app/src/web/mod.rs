@@ -26,6 +26,8 @@ pub struct AppState {
     pub config: Arc<AppConfig>,
     pub db: PgPool,
     pub ingest: IngestWriter,
+    /// The chunk hot path's database work, batched.
+    pub chunks: crate::ledger::ChunkLedger,
     pub sessions: fred::clients::Pool,
     pub queue: fred::clients::Pool,
 }
