@@ -5,25 +5,31 @@
 //! the object is durable. Run one by one, those statements (and the commit
 //! of each insert) cost PostgreSQL and the app more CPU than anything else
 //! on the chunk path. Under load many chunks wait at the same moment, so
-//! the ledger takes every question waiting and answers them with one
-//! statement, and every row waiting and inserts them with one statement and
-//! one commit. When only one chunk waits, a batch is that chunk, at the
-//! price of a channel hop. Nothing is acknowledged before its batch
-//! commits, so durability is exactly what the one-by-one inserts gave.
+//! the ledger answers every question waiting with one statement, and
+//! inserts every row waiting with one statement and one commit.
+//!
+//! Questions and rows go down two lanes, each served by one task, so that
+//! a commit waiting on a WAL flush never holds up a question. A lane takes
+//! what is waiting, then lingers [`LINGER`] for company before running the
+//! statement: on this 2-core machine that took batches from about 2 to
+//! about 7 requests and PostgreSQL's CPU per chunk down by half, for a few
+//! milliseconds on each acknowledgement (whose budget is 100 ms). Nothing is
+//! acknowledged before its batch commits, so durability is exactly what
+//! the one-by-one inserts gave.
 
-use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::error::AppError;
 
-/// Batches run at once; each holds a database connection while it runs.
-const WRITERS: usize = 2;
 /// The most requests in one statement.
 const MAX_BATCH: usize = 256;
-/// Requests that may wait for a writer before senders wait too.
+/// How long a batch waits for company after its first request.
+const LINGER: Duration = Duration::from_millis(2);
+/// Requests that may wait in a lane before senders wait too.
 const QUEUE: usize = 4096;
 
 /// What the database knows of a chunk before it is stored.
@@ -46,114 +52,114 @@ pub struct ChunkRow {
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
 
-enum Request {
-    Check {
-        user: Uuid,
-        project: Uuid,
-        seq: i32,
-        reply: Reply<ChunkState>,
-    },
-    Record {
-        row: ChunkRow,
-        reply: Reply<()>,
-    },
+/// A question: chunk `seq` of `user`'s `project`.
+struct Check {
+    user: Uuid,
+    project: Uuid,
+    seq: i32,
 }
 
 /// The app's handle on the ledger; cheap to clone.
 #[derive(Clone)]
 pub struct ChunkLedger {
-    tx: mpsc::Sender<Request>,
+    checks: mpsc::Sender<(Check, Reply<ChunkState>)>,
+    records: mpsc::Sender<(ChunkRow, Reply<()>)>,
 }
 
 impl ChunkLedger {
-    /// Starts the writers; they stop when the last handle is dropped.
+    /// Starts the two lanes; they stop when the last handle is dropped.
     pub fn start(db: PgPool) -> ChunkLedger {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..WRITERS {
-            tokio::spawn(writer(db.clone(), rx.clone()));
-        }
-        ChunkLedger { tx }
+        let (checks, check_rx) = mpsc::channel(QUEUE);
+        let (records, record_rx) = mpsc::channel(QUEUE);
+        let pool = db.clone();
+        tokio::spawn(lane(check_rx, move |batch| {
+            let pool = pool.clone();
+            async move { answer_checks(&pool, batch).await }
+        }));
+        tokio::spawn(lane(record_rx, move |batch| {
+            let db = db.clone();
+            async move { record_rows(&db, batch).await }
+        }));
+        ChunkLedger { checks, records }
     }
 
     /// Whether chunk `seq` of `user`'s `project` may be stored, and
     /// whether it is. Another user's project is answered as missing.
     pub async fn check(&self, user: Uuid, project: Uuid, seq: i32) -> Result<ChunkState, AppError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Request::Check {
-            user,
-            project,
-            seq,
-            reply,
-        })
-        .await?;
-        Self::wait(answer).await
+        let question = Check { user, project, seq };
+        self.checks
+            .send((question, reply))
+            .await
+            .map_err(|_| stopped())?;
+        wait(answer).await
     }
 
     /// Records a chunk whose object is stored; returns once committed. A
     /// row already there is left as it is.
     pub async fn record(&self, row: ChunkRow) -> Result<(), AppError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Request::Record { row, reply }).await?;
-        Self::wait(answer).await
-    }
-
-    async fn send(&self, request: Request) -> Result<(), AppError> {
-        self.tx
-            .send(request)
+        self.records
+            .send((row, reply))
             .await
-            .map_err(|_| AppError::internal("the chunk ledger has stopped"))
-    }
-
-    async fn wait<T>(answer: oneshot::Receiver<Result<T, String>>) -> Result<T, AppError> {
-        answer
-            .await
-            .map_err(|_| AppError::internal("the chunk ledger dropped a request"))?
-            .map_err(|e| AppError::Internal(format!("chunk ledger: {e}")))
+            .map_err(|_| stopped())?;
+        wait(answer).await
     }
 }
 
-/// Takes whatever is waiting (at least one request, at most
-/// [`MAX_BATCH`]) and answers it, until every handle is gone.
-async fn writer(db: PgPool, rx: Arc<Mutex<mpsc::Receiver<Request>>>) {
+fn stopped() -> AppError {
+    AppError::internal("the chunk ledger has stopped")
+}
+
+async fn wait<T>(answer: oneshot::Receiver<Result<T, String>>) -> Result<T, AppError> {
+    answer
+        .await
+        .map_err(|_| AppError::internal("the chunk ledger dropped a request"))?
+        .map_err(|e| AppError::Internal(format!("chunk ledger: {e}")))
+}
+
+/// Serves one lane: takes what is waiting (at least one request), lingers
+/// for more up to [`MAX_BATCH`], runs `serve` on the batch, until every
+/// handle is gone.
+async fn lane<T, F, Fut>(mut rx: mpsc::Receiver<T>, serve: F)
+where
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = ()>,
+{
     loop {
         let mut batch = Vec::new();
-        {
-            let mut rx = rx.lock().await;
-            if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                return;
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        if batch.len() < MAX_BATCH {
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
             }
         }
-        let mut checks = Vec::new();
-        let mut records = Vec::new();
-        for request in batch {
-            match request {
-                Request::Check {
-                    user,
-                    project,
-                    seq,
-                    reply,
-                } => checks.push((user, project, seq, reply)),
-                Request::Record { row, reply } => records.push((row, reply)),
-            }
-        }
-        tokio::join!(answer_checks(&db, checks), record_rows(&db, records));
+        serve(batch).await;
     }
 }
 
-async fn answer_checks(db: &PgPool, checks: Vec<(Uuid, Uuid, i32, Reply<ChunkState>)>) {
-    if checks.is_empty() {
-        return;
-    }
-    let users: Vec<Uuid> = checks.iter().map(|c| c.0).collect();
-    let projects: Vec<Uuid> = checks.iter().map(|c| c.1).collect();
-    let seqs: Vec<i32> = checks.iter().map(|c| c.2).collect();
+async fn answer_checks(db: &PgPool, checks: Vec<(Check, Reply<ChunkState>)>) {
+    let users: Vec<Uuid> = checks.iter().map(|c| c.0.user).collect();
+    let projects: Vec<Uuid> = checks.iter().map(|c| c.0.project).collect();
+    let seqs: Vec<i32> = checks.iter().map(|c| c.0.seq).collect();
     let rows: Result<Vec<(i64, Option<String>, bool)>, sqlx::Error> = sqlx::query_as(
-        "SELECT i.n, p.status,
-                EXISTS (SELECT 1 FROM chunks c WHERE c.project_id = p.id AND c.seq = i.seq)
-           FROM unnest($1::uuid[], $2::uuid[], $3::int[]) WITH ORDINALITY
-                AS i(user_id, project_id, seq, n)
-           LEFT JOIN projects p ON p.id = i.project_id AND p.user_id = i.user_id",
+        // Two primary-key probes per question, whatever the planner
+        // believes of the tables (as a join, or a filter on user_id, it
+        // may scan every project). OFFSET 0 keeps the status computed once.
+        "SELECT q.n, q.status, q.status IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM chunks c WHERE c.project_id = q.project_id AND c.seq = q.seq)
+           FROM (SELECT i.n, i.project_id, i.seq,
+                        (SELECT CASE WHEN p.user_id = i.user_id THEN p.status END
+                           FROM projects p WHERE p.id = i.project_id) AS status
+                   FROM unnest($1::uuid[], $2::uuid[], $3::int[]) WITH ORDINALITY
+                        AS i(user_id, project_id, seq, n)
+                 OFFSET 0) q",
     )
     .bind(users)
     .bind(projects)
@@ -171,13 +177,13 @@ async fn answer_checks(db: &PgPool, checks: Vec<(Uuid, Uuid, i32, Reply<ChunkSta
                     });
                 }
             }
-            for ((.., reply), answer) in checks.into_iter().zip(answers) {
+            for ((_, reply), answer) in checks.into_iter().zip(answers) {
                 let _ = reply.send(answer.ok_or_else(|| "a check went unanswered".to_owned()));
             }
         }
         Err(e) => {
             let e = e.to_string();
-            for (.., reply) in checks {
+            for (_, reply) in checks {
                 let _ = reply.send(Err(e.clone()));
             }
         }
@@ -185,9 +191,6 @@ async fn answer_checks(db: &PgPool, checks: Vec<(Uuid, Uuid, i32, Reply<ChunkSta
 }
 
 async fn record_rows(db: &PgPool, records: Vec<(ChunkRow, Reply<()>)>) {
-    if records.is_empty() {
-        return;
-    }
     let rows: Vec<&ChunkRow> = records.iter().map(|r| &r.0).collect();
     let answers = match insert_rows(db, &rows).await {
         Ok(()) => vec![Ok(()); records.len()],
