@@ -39,6 +39,7 @@ pub fn routes(max_photo_bytes: usize) -> Router<AppState> {
             post(photo).layer(DefaultBodyLimit::max(max_photo_bytes)),
         )
         .route("/ws/audio", get(audio_socket))
+        .route("/api/project/{id}/recording", get(recording_state))
 }
 
 #[derive(Deserialize)]
@@ -170,6 +171,31 @@ async fn project_of(s: &AppState, user: &SessionUser, id: Uuid) -> Result<Projec
     .await?
     // Someone else's project looks exactly like a missing one.
     .ok_or(AppError::NotFound)
+}
+
+/// Where a recording stands on the server, for a page that lost it (a
+/// reload, a browser that was closed): the island compares it with the
+/// chunks and photos still waiting in its IndexedDB.
+async fn recording_state(
+    State(s): State<AppState>,
+    session: Session,
+    axum::extract::Path(id): axum::extract::Path<Uuid>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let user = session::ready_user(&session).await?;
+    let project = project_of(&s, &user, id).await?;
+    if matches!(project.status.as_str(), "deleting" | "deleted") {
+        return Err(AppError::NotFound);
+    }
+    let (stored, last_stored): (i64, Option<i32>) =
+        sqlx::query_as("SELECT count(*), max(seq) FROM chunks WHERE project_id = $1")
+            .bind(id)
+            .fetch_one(&s.db)
+            .await?;
+    Ok(Json(serde_json::json!({
+        "status": project.status,
+        "chunks_stored": stored,
+        "last_stored_seq": last_stored,
+    })))
 }
 
 fn chunk_key(user: Uuid, project: Uuid, seq: u32) -> String {

@@ -42,6 +42,13 @@ pub fn go(path: &str) {
 }
 
 /// Tells tests and scripts that the island has mounted.
+/// Loads the current page again.
+pub fn reload() {
+    if let Some(w) = web_sys::window() {
+        let _ = w.location().reload();
+    }
+}
+
 pub fn mark_ready() {
     if let Some(root) = document().document_element() {
         let _ = root.set_attribute("data-island-ready", "1");

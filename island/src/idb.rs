@@ -89,6 +89,19 @@ impl Store {
         result
     }
 
+    /// Every key in the store (they are all strings here).
+    pub async fn keys(&self) -> Result<Vec<String>, JsValue> {
+        let db = self.open().await?;
+        let tx = db.transaction_with_str(self.store)?;
+        let req = tx.object_store(self.store)?.get_all_keys()?;
+        let all = JsFuture::from(settle(&req)).await;
+        db.close();
+        Ok(js_sys::Array::from(&all?)
+            .iter()
+            .filter_map(|k| k.as_string())
+            .collect())
+    }
+
     /// Deletes the whole database.
     pub async fn wipe(&self) -> Result<(), JsValue> {
         let req = factory()?.delete_database(self.db)?;

@@ -16,6 +16,7 @@ mod keystore;
 mod media;
 mod reader;
 mod recorder;
+mod resume;
 mod strength;
 mod uploader;
 mod webcrypto;
@@ -63,6 +64,15 @@ fn mount(el: Element) {
         }
         Some("recorder") => {
             yew::Renderer::<recorder::Recorder>::with_root(el).render();
+        }
+        Some("interrupted") => {
+            yew::Renderer::<resume::Interrupted>::with_root(el).render();
+        }
+        Some("resume") => {
+            let props = resume::ResumeProps {
+                project: el.get_attribute("data-project").unwrap_or_default(),
+            };
+            yew::Renderer::<resume::Resume>::with_root_and_props(el, props).render();
         }
         Some("reader") => {
             yew::Renderer::<reader::Reader>::with_root(el).render();

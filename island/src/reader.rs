@@ -411,7 +411,11 @@ pub fn project_actions(props: &ActionsProps) -> Html {
             spawn_local(async move {
                 let body = serde_json::json!({ "project_id": project });
                 match api::post::<_, serde_json::Value>("/api/project/delete", &body).await {
-                    Ok(_) => dom::go("/projects"),
+                    Ok(_) => {
+                        // Pieces of it still waiting in this browser go too.
+                        crate::uploader::forget(&project).await;
+                        dom::go("/projects");
+                    }
                     Err(e) => error.set(Some(e.message)),
                 }
             });

@@ -5,6 +5,10 @@
 //! socket reconnects with backoff and resends everything unacknowledged.
 //! The server ignores duplicates, so resending is always safe. Photos are
 //! kept the same way and POSTed with retries.
+//!
+//! What IndexedDB holds outlives the page: after a reload (or a phone that
+//! dropped the tab) [`leftovers`] finds it and [`Uploader::resume`] sends
+//! it, so a recording is never lost to the page that made it going away.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -70,6 +74,96 @@ fn socket_url(project: &str) -> String {
     )
 }
 
+fn chunk_key(project: &str, seq: u32) -> String {
+    format!("chunk:{project}:{seq}")
+}
+
+/// A photo's key carries its offset, so a resumed upload can still say
+/// when the photo was taken.
+fn photo_key(project: &str, id: &str, offset_ms: i64) -> String {
+    format!("photo:{project}:{id}:{offset_ms}")
+}
+
+/// One IndexedDB key, understood.
+#[derive(Debug, PartialEq, Eq)]
+enum Kept {
+    Chunk {
+        project: String,
+        seq: u32,
+    },
+    Photo {
+        project: String,
+        id: String,
+        offset_ms: i64,
+    },
+}
+
+fn parse_key(key: &str) -> Option<Kept> {
+    let mut parts = key.split(':');
+    let kept = match (parts.next()?, parts.next()?) {
+        ("chunk", project) => Kept::Chunk {
+            project: project.to_owned(),
+            seq: parts.next()?.parse().ok()?,
+        },
+        ("photo", project) => Kept::Photo {
+            project: project.to_owned(),
+            id: parts.next()?.to_owned(),
+            offset_ms: parts.next()?.parse().ok()?,
+        },
+        _ => return None,
+    };
+    parts.next().is_none().then_some(kept)
+}
+
+impl Kept {
+    fn project(&self) -> &str {
+        match self {
+            Kept::Chunk { project, .. } | Kept::Photo { project, .. } => project,
+        }
+    }
+}
+
+/// What a project has waiting in this browser.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leftover {
+    pub chunks: u32,
+    pub photos: u32,
+    /// The highest chunk number kept here.
+    pub last_seq: Option<u32>,
+}
+
+/// Every project with chunks or photos still waiting in this browser.
+pub async fn leftovers() -> BTreeMap<String, Leftover> {
+    let mut found: BTreeMap<String, Leftover> = BTreeMap::new();
+    for kept in PENDING
+        .keys()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|k| parse_key(k))
+    {
+        let entry = found.entry(kept.project().to_owned()).or_default();
+        match kept {
+            Kept::Chunk { seq, .. } => {
+                entry.chunks += 1;
+                entry.last_seq = entry.last_seq.max(Some(seq));
+            }
+            Kept::Photo { .. } => entry.photos += 1,
+        }
+    }
+    found
+}
+
+/// Deletes what this browser keeps of `project` (once the server no longer
+/// wants it: the recording was finished or discarded).
+pub async fn forget(project: &str) {
+    for key in PENDING.keys().await.unwrap_or_default() {
+        if parse_key(&key).is_some_and(|k| k.project() == project) {
+            let _ = PENDING.delete(&key).await;
+        }
+    }
+}
+
 fn frame(seq: u32, audio: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(4 + audio.len());
     v.extend_from_slice(&seq.to_be_bytes());
@@ -98,6 +192,55 @@ impl Uploader {
             })),
         };
         up.connect();
+        up
+    }
+
+    /// Picks up a recording whose page went away: reads every chunk and
+    /// photo of `project` that this browser still keeps, then connects and
+    /// sends them all.
+    pub async fn resume(project: &str) -> Uploader {
+        let mut chunks = BTreeMap::new();
+        let mut photos = Vec::new();
+        for key in PENDING.keys().await.unwrap_or_default() {
+            let Some(kept) = parse_key(&key).filter(|k| k.project() == project) else {
+                continue;
+            };
+            let Ok(value) = PENDING.get(&key).await else {
+                continue;
+            };
+            if !value.is_instance_of::<Uint8Array>() {
+                continue;
+            }
+            let bytes = Uint8Array::from(value).to_vec();
+            match kept {
+                Kept::Chunk { seq, .. } => {
+                    chunks.insert(seq, bytes);
+                }
+                Kept::Photo { id, offset_ms, .. } => photos.push((id, offset_ms, bytes)),
+            }
+        }
+        let up = Uploader {
+            inner: Rc::new(RefCell::new(Inner {
+                project: project.to_owned(),
+                progress: Progress {
+                    produced: chunks.len() as u32,
+                    photos_total: photos.len() as u32,
+                    ..Progress::default()
+                },
+                pending: chunks,
+                ws: None,
+                attempts: 0,
+                finished: false,
+                fatal: None,
+            })),
+        };
+        // Opening the socket sends everything pending.
+        if !up.inner.borrow().pending.is_empty() {
+            up.connect();
+        }
+        for (id, offset_ms, bytes) in photos {
+            spawn_local(up.clone().deliver_photo(id, offset_ms, bytes));
+        }
         up
     }
 
@@ -196,7 +339,7 @@ impl Uploader {
         };
         if removed {
             spawn_local(async move {
-                let _ = PENDING.delete(&format!("chunk:{project}:{seq}")).await;
+                let _ = PENDING.delete(&chunk_key(&project, seq)).await;
             });
         }
     }
@@ -217,8 +360,14 @@ impl Uploader {
         let copy = Uint8Array::from(audio.as_slice());
         self.inner.borrow_mut().pending.insert(seq, audio);
         spawn_local(async move {
-            let _ = PENDING.put(&format!("chunk:{project}:{seq}"), &copy).await;
+            let _ = PENDING.put(&chunk_key(&project, seq), &copy).await;
         });
+    }
+
+    /// Whether every chunk in `seqs` is still held here.
+    pub fn has_all(&self, seqs: &[u32]) -> bool {
+        let inner = self.inner.borrow();
+        seqs.iter().all(|s| inner.pending.contains_key(s))
     }
 
     /// Re-sends the chunks the server says are missing.
@@ -243,30 +392,34 @@ impl Uploader {
         };
         let me = self.clone();
         spawn_local(async move {
-            let key = format!("photo:{project}:{id}");
+            let key = photo_key(&project, &id, offset_ms);
             let _ = PENDING.put(&key, &Uint8Array::from(jpeg.as_slice())).await;
-            let path =
-                format!("/api/photo?project_id={project}&photo_id={id}&offset_ms={offset_ms}");
-            let mut attempt = 0u32;
-            loop {
-                match crate::api::post_bytes(&path, &jpeg).await {
-                    Ok(()) => break,
-                    Err(e)
-                        if (400..500).contains(&e.status) && e.status != 408 && e.status != 429 =>
-                    {
-                        me.inner.borrow_mut().fatal = Some(e.message);
-                        break;
-                    }
-                    Err(_) => {
-                        attempt += 1;
-                        let delay = (500 * 2i32.pow(attempt.min(5))).min(15_000);
-                        crate::dom::sleep(delay).await;
-                    }
+            me.deliver_photo(id, offset_ms, jpeg).await;
+        });
+    }
+
+    /// POSTs a kept photo until it is stored or refused for good, then
+    /// forgets it.
+    async fn deliver_photo(self, id: String, offset_ms: i64, jpeg: Vec<u8>) {
+        let project = self.inner.borrow().project.clone();
+        let path = format!("/api/photo?project_id={project}&photo_id={id}&offset_ms={offset_ms}");
+        let mut attempt = 0u32;
+        loop {
+            match crate::api::post_bytes(&path, &jpeg).await {
+                Ok(()) => break,
+                Err(e) if (400..500).contains(&e.status) && e.status != 408 && e.status != 429 => {
+                    self.inner.borrow_mut().fatal = Some(e.message);
+                    break;
+                }
+                Err(_) => {
+                    attempt += 1;
+                    let delay = (500 * 2i32.pow(attempt.min(5))).min(15_000);
+                    crate::dom::sleep(delay).await;
                 }
             }
-            let _ = PENDING.delete(&key).await;
-            me.inner.borrow_mut().progress.photos_done += 1;
-        });
+        }
+        let _ = PENDING.delete(&photo_key(&project, &id, offset_ms)).await;
+        self.inner.borrow_mut().progress.photos_done += 1;
     }
 
     /// Stops reconnecting and closes the socket.
@@ -275,6 +428,44 @@ impl Uploader {
         inner.finished = true;
         if let Some(ws) = inner.ws.take() {
             let _ = ws.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_keys_are_read_back_and_strangers_ignored() {
+        let p = "0b7d4c1e-8a51-4b2e-9f3a-1c2d3e4f5a6b";
+        assert_eq!(
+            parse_key(&chunk_key(p, 42)),
+            Some(Kept::Chunk {
+                project: p.into(),
+                seq: 42
+            })
+        );
+        assert_eq!(
+            parse_key(&photo_key(p, "f00d", 61_250)),
+            Some(Kept::Photo {
+                project: p.into(),
+                id: "f00d".into(),
+                offset_ms: 61_250
+            })
+        );
+        for bad in [
+            "",
+            "chunk",
+            "chunk:p",
+            "chunk:p:-1",
+            "chunk:p:x",
+            "chunk:p:1:2",
+            "photo:p:id",
+            "photo:p:id:soon",
+            "key:p:1",
+        ] {
+            assert_eq!(parse_key(bad), None, "{bad}");
         }
     }
 }

@@ -1,6 +1,8 @@
 // A TCP proxy the tests control: it forwards a browser's traffic to the app
 // and cuts every WebSocket after it has carried two acknowledgements, as a
-// flaky phone connection would.
+// flaky phone connection would. `setDown(true)` takes the uploads' network
+// away altogether (open sockets cut, new sockets and photo POSTs refused)
+// while pages still load, as a phone in a dead spot that reloads a tab.
 import net from "node:net";
 
 /** Counts complete server-to-client WebSocket text frames in `buf`. */
@@ -29,8 +31,10 @@ function textFrames(state, buf) {
 }
 
 export function cuttingProxy(listenPort, targetPort, acksPerConnection = 2) {
-  const stats = { cuts: 0, sockets: 0 };
+  const stats = { cuts: 0, sockets: 0, refused: 0 };
   const open = new Set();
+  const liveSockets = new Set();
+  let down = false;
   const server = net.createServer((client) => {
     const upstream = net.connect(targetPort, "127.0.0.1");
     open.add(client);
@@ -40,9 +44,17 @@ export function cuttingProxy(listenPort, targetPort, acksPerConnection = 2) {
     const state = { pending: Buffer.alloc(0) };
     let acks = 0;
     client.on("data", (d) => {
-      if (!isSocket && d.toString("latin1", 0, 40).startsWith("GET /ws/audio")) {
+      const head = d.toString("latin1", 0, 40);
+      if (down && (head.startsWith("GET /ws/audio") || head.startsWith("POST /api/photo"))) {
+        stats.refused += 1;
+        client.destroy();
+        upstream.destroy();
+        return;
+      }
+      if (!isSocket && head.startsWith("GET /ws/audio")) {
         isSocket = true;
         stats.sockets += 1;
+        liveSockets.add(client);
       }
       upstream.write(d);
     });
@@ -68,6 +80,7 @@ export function cuttingProxy(listenPort, targetPort, acksPerConnection = 2) {
       upstream.destroy();
       open.delete(client);
       open.delete(upstream);
+      liveSockets.delete(client);
     };
     client.on("error", close);
     upstream.on("error", close);
@@ -78,6 +91,10 @@ export function cuttingProxy(listenPort, targetPort, acksPerConnection = 2) {
     server.listen(listenPort, "127.0.0.1", () =>
       resolve({
         stats,
+        setDown: (value) => {
+          down = value;
+          if (down) for (const s of liveSockets) s.destroy();
+        },
         close: () => {
           for (const s of open) s.destroy();
           return new Promise((r) => server.close(r));

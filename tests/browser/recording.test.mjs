@@ -137,3 +137,96 @@ test("with the connection cut after every two chunks, no chunk is lost", async (
     await flaky.stop();
   }
 });
+
+test("a page reloaded in a dead spot loses nothing: the recording is resumed and finished", async () => {
+  const proxyPort = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), "kiroku-reload-"));
+  const server = await startApp({
+    KIROKU_STORAGE: "local",
+    KIROKU_STORAGE_DIR: dir,
+    KIROKU_PUBLIC_URL: `http://127.0.0.1:${proxyPort}`,
+  });
+  const proxy = await cuttingProxy(proxyPort, Number(new URL(server.base).port), Infinity);
+  const base = `http://127.0.0.1:${proxyPort}`;
+  const upload = (page, field) => page.getAttribute("#upload", `data-${field}`).then(Number);
+  try {
+    const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
+    const page = await context.newPage();
+    await setUpUser(page, { ...server, base }, "rita", "en el camerino no hay cobertura");
+    await page.goto(`${base}/record`);
+    await page.waitForSelector("html[data-island-ready] #record-form");
+    await page.fill("#title", "Camerino sin cobertura");
+    await page.click("#record");
+    await page.waitForSelector("#clock");
+    await page.click("#camera-open");
+    await page.waitForFunction(() => document.querySelector("#camera").videoWidth > 0);
+    await page.waitForFunction(() => Number(document.querySelector("#upload").dataset.acked) >= 1,
+      null, { timeout: 30_000 });
+
+    // The network goes; two more chunks and a photo exist only in IndexedDB.
+    proxy.setDown(true);
+    await page.waitForFunction(() => Number(document.querySelector("#upload").dataset.produced) >= 3,
+      null, { timeout: 40_000 });
+    await takePhoto(page, 1);
+    await wait(1_500);
+    const produced = await upload(page, "produced");
+    const acked = await upload(page, "acked");
+    assert.ok(acked < produced, `${acked} of ${produced} acknowledged while offline`);
+    assert.ok(proxy.stats.refused >= 1, "the proxy never refused an upload");
+
+    // The tab is reloaded (the audio after the last chunk goes with it);
+    // the network comes back.
+    await page.reload();
+    proxy.setDown(false);
+    await page.waitForSelector("#interrupted a", { timeout: 20_000 });
+    await shot(page, "recording-interrupted");
+    await page.click("#interrupted a");
+    await page.waitForSelector("#resume");
+    // What the device kept is read back before anything can be finished.
+    const toSend = await page.waitForSelector("#resume-upload", { timeout: 20_000 });
+    assert.ok(Number(await toSend.getAttribute("data-produced")) >= produced - acked,
+      `${await toSend.getAttribute("data-produced")} chunks read back, ${produced - acked} unacknowledged`);
+    assert.equal(Number(await toSend.getAttribute("data-photos-total")), 1);
+    await page.waitForFunction(() => {
+      const b = document.querySelector("#resume-finish");
+      return b && !b.disabled;
+    }, null, { timeout: 60_000 });
+    await shot(page, "recording-resumed");
+    await page.click("#resume-finish");
+    await page.waitForFunction(() => document.querySelector("#project")?.dataset.status !== "recording",
+      null, { timeout: 60_000 });
+
+    const projectId = psql(server.env, "SELECT id FROM projects WHERE title = 'Camerino sin cobertura'");
+    assert.equal(psql(server.env, `SELECT status FROM projects WHERE id = '${projectId}'`), "queued");
+    const lastSeq = Number(psql(server.env, `SELECT last_seq FROM projects WHERE id = '${projectId}'`));
+    const stored = Number(psql(server.env, `SELECT count(*) FROM chunks WHERE project_id = '${projectId}'`));
+    assert.ok(lastSeq + 1 >= produced, `last_seq ${lastSeq}, ${produced} chunks were produced`);
+    assert.equal(stored, lastSeq + 1, "a chunk is missing");
+    const offsets = psql(server.env, `SELECT offset_ms FROM photos WHERE project_id = '${projectId}'`);
+    assert.equal(offsets.split("\n").filter(Boolean).length, 1, "the photo taken offline was lost");
+    assert.ok(Number(offsets) >= 20_000 && Number(offsets) <= (lastSeq + 1) * 10_000 + 2_000, offsets);
+    // Nothing is left behind in the browser once the server has it all.
+    const kept = await page.evaluate(() => new Promise((resolve, reject) => {
+      const open = indexedDB.open("kiroku-uploads", 1);
+      open.onsuccess = () => {
+        const req = open.result.transaction("pending").objectStore("pending").count();
+        req.onsuccess = () => resolve(req.result);
+        req.onerror = () => reject(req.error);
+      };
+      open.onerror = () => reject(open.error);
+    }));
+    assert.equal(kept, 0, "pieces are still kept in IndexedDB");
+
+    const userId = psql(server.env, "SELECT id FROM users WHERE username = 'rita'");
+    const chunkDir = path.join(dir, "ingest", userId, projectId, "chunks");
+    const files = readdirSync(chunkDir).sort();
+    const joined = path.join(artifacts, "recording-reloaded.webm");
+    writeFileSync(joined, Buffer.concat(files.map((c) => readFileSync(path.join(chunkDir, c)))));
+    const seconds = decodedSeconds(joined);
+    assert.ok(Math.abs(seconds - stored * 10) <= 1.5, `decoded ${seconds} s from ${stored} chunks`);
+    await context.close();
+  } finally {
+    await proxy.close();
+    await server.stop();
+  }
+});

@@ -257,7 +257,8 @@ async fn a_long_recording_is_cut_into_segments_that_tile_it_exactly() {
     let (_, user_id, _) = app.ready_browser("teo").await;
     // 200 s in 20 chunks: the segments cross chunk boundaries everywhere.
     let audio = looped_webm("routine-es.wav", 200);
-    let project = stopped_recording_of(&app, &user_id, &audio, 20, 200_000, &[]).await;
+    // The browser's clock said 180 s (a resumed recording only estimates).
+    let project = stopped_recording_of(&app, &user_id, &audio, 20, 180_000, &[]).await;
     let worker = worker_for(&app, None).await;
     process::prepare(&worker, project).await.unwrap();
 
@@ -304,13 +305,15 @@ async fn a_long_recording_is_cut_into_segments_that_tile_it_exactly() {
     // Nothing lost or repeated: the segments hold exactly what a decode of
     // the whole recording gives.
     assert_eq!(samples, decoded_samples(&audio));
-    let (step, total): (String, i32) =
-        sqlx::query_as("SELECT step, step_total FROM projects WHERE id = $1")
+    let (step, total, duration_ms): (String, i32, i64) =
+        sqlx::query_as("SELECT step, step_total, duration_ms FROM projects WHERE id = $1")
             .bind(project)
             .fetch_one(&worker.db)
             .await
             .unwrap();
     assert_eq!((step.as_str(), total), ("transcribe", rows.len() as i32));
+    // The documents' duration is the decoded audio's, not the estimate.
+    assert_eq!(duration_ms, expected_start);
     for k in leftovers(&user_id, project).await {
         store.delete(&k).await.unwrap();
     }

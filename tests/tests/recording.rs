@@ -552,3 +552,75 @@ async fn the_chunk_ledger_answers_each_chunk_of_a_batch_for_itself() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn where_a_recording_stands_is_told_only_to_its_owner() {
+    let app = TestApp::start(&[]).await;
+    let (mut owner, _, _) = app.ready_browser("ines").await;
+    let (mut other, _, _) = app.ready_browser("otto").await;
+    let project = start(&owner, "Camerino").await.1["project_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/api/project/{project}/recording");
+    async fn state(b: &mut Browser, path: &str) -> (u16, Value) {
+        let resp = b.page(path).await;
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or_default())
+    }
+
+    assert_eq!(
+        state(&mut owner, &path).await,
+        (
+            200,
+            json!({ "status": "recording", "chunks_stored": 0, "last_stored_seq": null })
+        )
+    );
+    let mut ws = connect(&owner, &project, &app.base).await.unwrap();
+    for seq in [0u32, 2] {
+        ws.send(frame(seq, b"audio")).await.unwrap();
+        next_json(&mut ws).await;
+    }
+    assert_eq!(
+        state(&mut owner, &path).await.1,
+        json!({ "status": "recording", "chunks_stored": 2, "last_stored_seq": 2 })
+    );
+
+    // Nobody else learns anything, not even that it exists.
+    assert_eq!(state(&mut other, &path).await.0, 404);
+    let mut anonymous = Browser::new(&app.base);
+    assert_eq!(state(&mut anonymous, &path).await.0, 401);
+    let unknown = format!("/api/project/{}/recording", uuid::Uuid::new_v4());
+    assert_eq!(state(&mut owner, &unknown).await.0, 404);
+    for bad in ["not-a-uuid", "%00", "..%2f..%2fadmin", &"9".repeat(5000)] {
+        let status = state(&mut owner, &format!("/api/project/{bad}/recording"))
+            .await
+            .0;
+        assert!(
+            status == 400 || status == 404 || status == 414,
+            "{bad}: {status}"
+        );
+    }
+
+    // Once stopped, it says so; once discarded, it is gone.
+    ws.send(frame(1, b"audio")).await.unwrap();
+    next_json(&mut ws).await;
+    assert_eq!(stop(&owner, &project, 2).await.0, 200);
+    assert_eq!(state(&mut owner, &path).await.1["status"], "queued");
+    let second = start(&owner, "Otra").await.1["project_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let discarded = owner
+        .post_json("/api/project/discard", &json!({ "project_id": second }))
+        .await;
+    assert_eq!(discarded.status(), 200);
+    assert_eq!(
+        state(&mut owner, &format!("/api/project/{second}/recording"))
+            .await
+            .0,
+        404
+    );
+    drop(ws);
+    app.stop().await;
+}

@@ -116,7 +116,7 @@ async fn decode_into_segments(
     state: &WorkerState,
     project: Uuid,
     keys: Vec<String>,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Decoded> {
     let mut child = tokio::process::Command::new("ffmpeg")
         .args([
             "-v", "error", "-i", "pipe:0", "-ac", "1", "-ar", "16000", "-f", "s16le", "pipe:1",
@@ -149,6 +149,7 @@ async fn decode_into_segments(
     let mut cutter = segment::Segmenter::new(segment::Plan::default());
     let mut uploads = tokio::task::JoinSet::new();
     let mut stored = 0usize;
+    let mut end_ms = 0i64;
     let mut pcm = vec![0u8; 64 * 1024];
     let mut filled = 0usize; // bytes in `pcm` not yet turned into samples
     let mut samples = Vec::with_capacity(pcm.len() / 2);
@@ -176,6 +177,7 @@ async fn decode_into_segments(
             }
             let idx = stored;
             stored += 1;
+            end_ms = seg.end_ms();
             let (db, store) = (state.db.clone(), state.store.clone());
             uploads.spawn(store_segment(db, store, project, idx, seg));
         }
@@ -187,7 +189,17 @@ async fn decode_into_segments(
         result??;
     }
     (&mut feeder.0).await.context("chunk feeder")??;
-    Ok(stored)
+    Ok(Decoded {
+        segments: stored,
+        duration_ms: end_ms,
+    })
+}
+
+/// What decoding a recording produced.
+struct Decoded {
+    segments: usize,
+    /// The decoded audio's length: the segments tile it exactly.
+    duration_ms: i64,
 }
 
 /// Waits for ffmpeg after its output ended; an error if it failed.
@@ -277,7 +289,15 @@ pub async fn prepare(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
         .await?;
 
     let keys = chunks.into_iter().map(|(_, k)| k).collect();
-    let n = decode_into_segments(state, project, keys).await? as i32;
+    let decoded = decode_into_segments(state, project, keys).await?;
+    let n = decoded.segments as i32;
+    // The documents give the length of the audio itself: the browser's own
+    // clock is an estimate, and a recording resumed after a reload has none.
+    sqlx::query("UPDATE projects SET duration_ms = $2 WHERE id = $1")
+        .bind(project)
+        .bind(decoded.duration_ms)
+        .execute(&state.db)
+        .await?;
     tracing::info!(project_id = %project, user_id = %user, segments = n, "recording prepared");
     set_step(state, project, "transcribe", 0, n).await?;
     if n == 0 {
