@@ -99,4 +99,4 @@ bench-speech *args: setup
 
 # Recording load: simulated recorders vs the app and SeaweedFS (`just bench-recording --help`).
 bench-recording *args: services
-    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; {{with_env}} cargo run -p kiroku-tests --bin bench_recording -- {{args}}
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; {{with_env}} cargo run --release -p kiroku-tests --bin bench_recording -- {{args}}

@@ -194,20 +194,29 @@ async fn record_rows(db: &PgPool, records: Vec<(ChunkRow, Reply<()>)>) {
     let rows: Vec<&ChunkRow> = records.iter().map(|r| &r.0).collect();
     let answers = match insert_rows(db, &rows).await {
         Ok(()) => vec![Ok(()); records.len()],
-        // One bad row must not fail the chunks that shared its batch: on
-        // an error, each row is tried alone and answered for itself.
-        Err(_) if records.len() > 1 => {
+        // One bad row must not fail the chunks that shared its batch: on a
+        // constraint error, each row is tried alone and answered for
+        // itself. Any other error (a lost connection, a timeout) would only
+        // repeat itself row after row on the lane every chunk waits for.
+        Err(e) if records.len() > 1 && is_constraint(&e) => {
             let mut answers = Vec::with_capacity(rows.len());
             for row in &rows {
                 answers.push(insert_rows(db, &[row]).await.map_err(|e| e.to_string()));
             }
             answers
         }
-        Err(e) => vec![Err(e.to_string())],
+        Err(e) => vec![Err(e.to_string()); records.len()],
     };
     for ((_, reply), answer) in records.into_iter().zip(answers) {
         let _ = reply.send(answer);
     }
+}
+
+/// An integrity constraint refused a row (SQLSTATE class 23).
+fn is_constraint(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c.starts_with("23"))
 }
 
 /// One INSERT (and one commit) for all the rows. A resend in the same

@@ -182,19 +182,24 @@ async fn recording_state(
     axum::extract::Path(id): axum::extract::Path<Uuid>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let user = session::ready_user(&session).await?;
+    // The owner learns even that it is being deleted, so that the browser
+    // can forget what it kept of it; anyone else gets a plain 404.
     let project = project_of(&s, &user, id).await?;
-    if matches!(project.status.as_str(), "deleting" | "deleted") {
-        return Err(AppError::NotFound);
-    }
-    let (stored, last_stored): (i64, Option<i32>) =
-        sqlx::query_as("SELECT count(*), max(seq) FROM chunks WHERE project_id = $1")
-            .bind(id)
-            .fetch_one(&s.db)
-            .await?;
+    let (stored, last_stored, quiet_secs): (i64, Option<i32>, Option<i64>) = sqlx::query_as(
+        "SELECT count(*), max(seq),
+                extract(epoch FROM now() - max(received_at))::bigint
+           FROM chunks WHERE project_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&s.db)
+    .await?;
     Ok(Json(serde_json::json!({
         "status": project.status,
         "chunks_stored": stored,
         "last_stored_seq": last_stored,
+        // Seconds since the last chunk arrived: a recording still being
+        // made elsewhere says so here.
+        "quiet_secs": quiet_secs,
     })))
 }
 

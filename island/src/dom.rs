@@ -41,7 +41,13 @@ pub fn go(path: &str) {
     }
 }
 
-/// Tells tests and scripts that the island has mounted.
+/// Asks the browser's own yes/no question.
+pub fn confirm(question: &str) -> bool {
+    web_sys::window()
+        .and_then(|w| w.confirm_with_message(question).ok())
+        .unwrap_or(false)
+}
+
 /// Loads the current page again.
 pub fn reload() {
     if let Some(w) = web_sys::window() {
@@ -49,6 +55,7 @@ pub fn reload() {
     }
 }
 
+/// Tells tests and scripts that the island has mounted.
 pub fn mark_ready() {
     if let Some(root) = document().document_element() {
         let _ = root.set_attribute("data-island-ready", "1");

@@ -509,11 +509,17 @@ pub fn recorder() -> Html {
                     l.project.clone()
                 });
                 if let Some(p) = project {
-                    let _: Result<serde_json::Value, _> = api::post(
+                    let discarded: Result<serde_json::Value, _> = api::post(
                         "/api/project/discard",
                         &serde_json::json!({ "project_id": p }),
                     )
                     .await;
+                    // Unsent pieces of a discarded recording go too; if the
+                    // server did not hear it, they stay for the recording
+                    // page to offer again.
+                    if discarded.is_ok() {
+                        crate::uploader::forget(&p).await;
+                    }
                 }
                 dom::go("/projects");
             });

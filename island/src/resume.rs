@@ -6,6 +6,9 @@
 //! recording with what exists, or discards it. The audio recorded after the
 //! last ten-second chunk was handed over is gone with the page that held it.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use serde::Deserialize;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::Closure;
@@ -27,6 +30,8 @@ struct Words {
     discard: &'static str,
     finishing: &'static str,
     lost: &'static str,
+    maybe_live: &'static str,
+    confirm_discard: &'static str,
 }
 
 static ES: Words = Words {
@@ -41,6 +46,8 @@ static ES: Words = Words {
     discard: "Descartar grabación",
     finishing: "Terminando…",
     lost: "Faltan fragmentos que no están ni en el servidor ni en este dispositivo",
+    maybe_live: "Llegó audio de esta grabación hace menos de un minuto: quizá se sigue grabando en otro dispositivo o pestaña.",
+    confirm_discard: "¿Descartar esta grabación para siempre?",
 };
 
 static EN: Words = Words {
@@ -55,6 +62,8 @@ static EN: Words = Words {
     discard: "Discard recording",
     finishing: "Finishing…",
     lost: "Pieces are missing that are neither on the server nor on this device",
+    maybe_live: "Audio of this recording arrived less than a minute ago: it may still be recording on another device or tab.",
+    confirm_discard: "Discard this recording for good?",
 };
 
 fn words() -> &'static Words {
@@ -66,6 +75,7 @@ fn words() -> &'static Words {
 struct ServerSide {
     status: String,
     last_stored_seq: Option<u32>,
+    quiet_secs: Option<i64>,
 }
 
 async fn server_side(project: &str) -> Result<ServerSide, api::ApiError> {
@@ -143,32 +153,55 @@ pub fn resume(props: &ResumeProps) -> Html {
     let phase = use_state(|| Phase::Loading);
     let error = use_state(|| None::<String>);
     let tick = use_state(|| 0u32);
+    // Set once Finish or Discard is under way: the page then moves on by
+    // itself, and the status poll must not reload it first.
+    let leaving = use_memo((), |_| Cell::new(false));
 
     {
-        let (uploader, server, device_last, phase, error) = (
+        let (uploader, server, device_last, phase, error, leaving) = (
             uploader.clone(),
             server.clone(),
             device_last.clone(),
             phase.clone(),
             error.clone(),
+            leaving.clone(),
         );
         let project = props.project.clone();
         use_effect_with((), move |_| {
+            let alive = Rc::new(Cell::new(true));
+            let still = alive.clone();
             spawn_local(async move {
                 let left = uploader::leftovers()
                     .await
                     .remove(&project)
                     .unwrap_or_default();
-                match server_side(&project).await {
-                    Ok(s) => server.set(Some(s)),
-                    Err(e) => error.set(Some(e.message)),
-                }
                 device_last.set(left.last_seq);
                 if left.chunks + left.photos > 0 {
                     uploader.set(Some(Uploader::resume(&project).await));
                 }
                 phase.set(Phase::Ready);
+                // Where the server stands, now and every few seconds: an
+                // offline start catches up, and a recording finished or
+                // discarded elsewhere is let go of.
+                while still.get() {
+                    match server_side(&project).await {
+                        Ok(s) if s.status != "recording" => {
+                            if !leaving.get() {
+                                uploader::forget(&project).await;
+                                dom::reload();
+                            }
+                            return;
+                        }
+                        Ok(s) => {
+                            error.set(None);
+                            server.set(Some(s));
+                        }
+                        Err(e) => error.set(Some(e.message)),
+                    }
+                    dom::sleep(5_000).await;
+                }
             });
+            move || alive.set(false)
         });
     }
     // Re-render twice a second for the upload line.
@@ -201,12 +234,13 @@ pub fn resume(props: &ResumeProps) -> Html {
     let fatal = (*uploader).as_ref().and_then(|u| u.fatal());
     let busy = progress.catching_up();
     let on_finish = {
-        let (uploader, server, device_last, phase, error) = (
+        let (uploader, server, device_last, phase, error, leaving) = (
             uploader.clone(),
             server.clone(),
             device_last.clone(),
             phase.clone(),
             error.clone(),
+            leaving.clone(),
         );
         let project = props.project.clone();
         Callback::from(move |_: MouseEvent| {
@@ -217,11 +251,13 @@ pub fn resume(props: &ResumeProps) -> Html {
                 return;
             };
             phase.set(Phase::Finishing);
-            let (uploader, phase, error, project) = (
+            leaving.set(true);
+            let (uploader, phase, error, project, leaving) = (
                 uploader.clone(),
                 phase.clone(),
                 error.clone(),
                 project.clone(),
+                leaving.clone(),
             );
             spawn_local(async move {
                 match finish(&project, (*uploader).clone(), last).await {
@@ -230,6 +266,7 @@ pub fn resume(props: &ResumeProps) -> Html {
                         dom::reload();
                     }
                     Err(m) => {
+                        leaving.set(false);
                         error.set(Some(m));
                         phase.set(Phase::Ready);
                     }
@@ -238,22 +275,38 @@ pub fn resume(props: &ResumeProps) -> Html {
         })
     };
     let on_discard = {
-        let (uploader, phase, error) = (uploader.clone(), phase.clone(), error.clone());
+        let (uploader, phase, error, leaving) = (
+            uploader.clone(),
+            phase.clone(),
+            error.clone(),
+            leaving.clone(),
+        );
         let project = props.project.clone();
         Callback::from(move |_: MouseEvent| {
-            phase.set(Phase::Finishing);
-            if let Some(u) = (*uploader).as_ref() {
-                u.finish();
+            if !dom::confirm(w.confirm_discard) {
+                return;
             }
-            let (phase, error, project) = (phase.clone(), error.clone(), project.clone());
+            phase.set(Phase::Finishing);
+            leaving.set(true);
+            let (uploader, phase, error, project, leaving) = (
+                uploader.clone(),
+                phase.clone(),
+                error.clone(),
+                project.clone(),
+                leaving.clone(),
+            );
             spawn_local(async move {
                 let body = serde_json::json!({ "project_id": project });
                 match api::post::<_, serde_json::Value>("/api/project/discard", &body).await {
                     Ok(_) => {
+                        if let Some(u) = (*uploader).as_ref() {
+                            u.finish();
+                        }
                         uploader::forget(&project).await;
                         dom::go("/projects");
                     }
                     Err(e) => {
+                        leaving.set(false);
                         error.set(Some(e.message));
                         phase.set(Phase::Ready);
                     }
@@ -275,6 +328,9 @@ pub fn resume(props: &ResumeProps) -> Html {
     html! {
         <div class="resume" id="resume">
             <p>{ w.resume_intro }</p>
+            if server.as_ref().and_then(|s| s.quiet_secs).is_some_and(|q| q < 60) {
+                <p class="status error" id="maybe-live">{ w.maybe_live }</p>
+            }
             if uploader.is_some() {
                 <p class="upload" id="resume-upload" data-produced={progress.produced.to_string()}
                    data-acked={progress.acked.to_string()}
@@ -307,7 +363,7 @@ pub fn resume(props: &ResumeProps) -> Html {
 async fn finish(project: &str, uploader: Option<Uploader>, last: u32) -> Result<(), String> {
     // The browser's clock went with the page; the worker measures the
     // decoded audio and replaces this estimate.
-    let duration_ms = (i64::from(last) + 1) * 10_000;
+    let duration_ms = i64::from(last) * 10_000;
     loop {
         let body = serde_json::json!({ "project_id": project, "last_seq": last, "duration_ms": duration_ms });
         match api::post::<_, serde_json::Value>("/api/project/stop", &body).await {

@@ -1,14 +1,16 @@
 //! Getting chunks and photos to the server over a poor connection.
 //!
-//! Every chunk is written to IndexedDB before it is sent and removed only
-//! when the server acknowledges it as stored; after a dropped connection the
-//! socket reconnects with backoff and resends everything unacknowledged.
+//! Every chunk is sent and written to IndexedDB as soon as the recorder hands
+//! it over, and removed from IndexedDB only when the server acknowledges it
+//! as stored; after a dropped connection the socket reconnects with backoff
+//! and resends everything unacknowledged.
 //! The server ignores duplicates, so resending is always safe. Photos are
 //! kept the same way and POSTed with retries.
 //!
 //! What IndexedDB holds outlives the page: after a reload (or a phone that
 //! dropped the tab) [`leftovers`] finds it and [`Uploader::resume`] sends
-//! it, so a recording is never lost to the page that made it going away.
+//! it, so a page going away loses only the audio the recorder had not yet
+//! handed over (at most one ten-second timeslice).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -155,10 +157,12 @@ pub async fn leftovers() -> BTreeMap<String, Leftover> {
 }
 
 /// Deletes what this browser keeps of `project` (once the server no longer
-/// wants it: the recording was finished or discarded).
+/// wants it: the recording was finished or discarded), whatever the shape
+/// of the key after the project.
 pub async fn forget(project: &str) {
+    let (chunks, photos) = (format!("chunk:{project}:"), format!("photo:{project}:"));
     for key in PENDING.keys().await.unwrap_or_default() {
-        if parse_key(&key).is_some_and(|k| k.project() == project) {
+        if key.starts_with(&chunks) || key.starts_with(&photos) {
             let _ = PENDING.delete(&key).await;
         }
     }

@@ -231,6 +231,45 @@ async fn an_incomplete_recording_is_refused_before_anything_is_decoded() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_chunk_that_lands_after_stop_is_left_out_of_the_recording() {
+    // Stopped from another device while this one still had a chunk on the
+    // wire: the chunk is stored after `stop` fixed the last one.
+    let app = TestApp::start(&[]).await;
+    let (_, user_id, _) = app.ready_browser("pia").await;
+    let audio = webm_of("routine-es.wav");
+    let project = stopped_recording(&app, &user_id, &audio, &[]).await;
+    let late = format!("ingest/{user_id}/{project}/chunks/000004");
+    s3_store(&env(), Role::App)
+        .put(&late, bytes::Bytes::from_static(b"not audio at all"))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO chunks (project_id, seq, size, object_key) VALUES ($1, 4, 16, $2)")
+        .bind(project)
+        .bind(&late)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let worker = worker_for(&app, None).await;
+    process::prepare(&worker, project).await.unwrap();
+    let (samples_ms,): (Option<i64>,) =
+        sqlx::query_as("SELECT max(end_ms) FROM segments WHERE project_id = $1")
+            .bind(project)
+            .fetch_one(&worker.db)
+            .await
+            .unwrap();
+    // Prepared (not refused as "incomplete" for a row too many), from
+    // exactly the chunks up to last_seq.
+    let expected = (decoded_samples(&audio) * 1000 / 16_000) as i64;
+    assert_eq!(samples_ms, Some(expected));
+    let store = s3_store(&env(), Role::Worker);
+    for k in leftovers(&user_id, project).await {
+        store.delete(&k).await.unwrap();
+    }
+    worker.db.close().await;
+    app.stop().await;
+}
+
 /// Samples ffmpeg makes of `audio` in one go (16 kHz mono).
 fn decoded_samples(audio: &[u8]) -> usize {
     use std::io::Write;

@@ -573,7 +573,7 @@ async fn where_a_recording_stands_is_told_only_to_its_owner() {
         state(&mut owner, &path).await,
         (
             200,
-            json!({ "status": "recording", "chunks_stored": 0, "last_stored_seq": null })
+            json!({ "status": "recording", "chunks_stored": 0, "last_stored_seq": null, "quiet_secs": null })
         )
     );
     let mut ws = connect(&owner, &project, &app.base).await.unwrap();
@@ -581,9 +581,22 @@ async fn where_a_recording_stands_is_told_only_to_its_owner() {
         ws.send(frame(seq, b"audio")).await.unwrap();
         next_json(&mut ws).await;
     }
+    let answer = state(&mut owner, &path).await.1;
     assert_eq!(
-        state(&mut owner, &path).await.1,
-        json!({ "status": "recording", "chunks_stored": 2, "last_stored_seq": 2 })
+        (
+            &answer["status"],
+            &answer["chunks_stored"],
+            &answer["last_stored_seq"]
+        ),
+        (&json!("recording"), &json!(2), &json!(2))
+    );
+    // Audio arrived just now: a page offering to finish it can warn that
+    // it may still be recording elsewhere.
+    assert!(
+        answer["quiet_secs"]
+            .as_i64()
+            .is_some_and(|q| (0..60).contains(&q)),
+        "{answer}"
     );
 
     // Nobody else learns anything, not even that it exists.
@@ -615,12 +628,14 @@ async fn where_a_recording_stands_is_told_only_to_its_owner() {
         .post_json("/api/project/discard", &json!({ "project_id": second }))
         .await;
     assert_eq!(discarded.status(), 200);
+    // Its owner is told, so that a browser can forget what it kept of it;
+    // nobody else learns even that.
+    let second_path = format!("/api/project/{second}/recording");
     assert_eq!(
-        state(&mut owner, &format!("/api/project/{second}/recording"))
-            .await
-            .0,
-        404
+        state(&mut owner, &second_path).await.1["status"],
+        "deleting"
     );
+    assert_eq!(state(&mut other, &second_path).await.0, 404);
     drop(ws);
     app.stop().await;
 }

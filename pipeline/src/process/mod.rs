@@ -263,11 +263,16 @@ pub async fn prepare(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
         .await?;
     set_step(state, project, "prepare", 0, 1).await?;
 
-    let chunks: Vec<(i32, String)> =
-        sqlx::query_as("SELECT seq, object_key FROM chunks WHERE project_id = $1 ORDER BY seq")
-            .bind(project)
-            .fetch_all(&state.db)
-            .await?;
+    // A chunk that was in flight when the recording was stopped (from
+    // another device, say) may land beyond the last one: it is not part of
+    // the recording, and the cleanup removes it with the rest.
+    let chunks: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT seq, object_key FROM chunks WHERE project_id = $1 AND seq <= $2 ORDER BY seq",
+    )
+    .bind(project)
+    .bind(last_seq)
+    .fetch_all(&state.db)
+    .await?;
     let contiguous = chunks.len() == (last_seq + 1) as usize
         && chunks
             .iter()
