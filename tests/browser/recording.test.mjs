@@ -179,6 +179,8 @@ test("a page reloaded in a dead spot loses nothing: the recording is resumed and
     await page.reload();
     proxy.setDown(false);
     await page.waitForSelector("#interrupted a", { timeout: 20_000 });
+    // The server lists it as still open too.
+    assert.equal(await page.locator("#open-recordings a").count(), 1);
     await shot(page, "recording-interrupted");
     await page.click("#interrupted a");
     await page.waitForSelector("#resume");

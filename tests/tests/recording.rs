@@ -599,6 +599,27 @@ async fn where_a_recording_stands_is_told_only_to_its_owner() {
         "{answer}"
     );
 
+    // The recording page lists it as still open, to its owner only.
+    let listed = format!("href=\"/projects/{project}\"");
+    assert!(
+        owner
+            .page("/record")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains(&listed)
+    );
+    assert!(
+        !other
+            .page("/record")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains(&listed)
+    );
+
     // Nobody else learns anything, not even that it exists.
     assert_eq!(state(&mut other, &path).await.0, 404);
     let mut anonymous = Browser::new(&app.base);
@@ -620,6 +641,15 @@ async fn where_a_recording_stands_is_told_only_to_its_owner() {
     next_json(&mut ws).await;
     assert_eq!(stop(&owner, &project, 2).await.0, 200);
     assert_eq!(state(&mut owner, &path).await.1["status"], "queued");
+    assert!(
+        !owner
+            .page("/record")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains(&listed)
+    );
     let second = start(&owner, "Otra").await.1["project_id"]
         .as_str()
         .unwrap()

@@ -161,12 +161,42 @@ async fn set_lang(Path(code): Path<String>) -> Response {
 #[template(path = "record.html")]
 struct RecordPage {
     ctx: Ctx,
+    /// The performer's recordings still open (a page that went away, or
+    /// one still recording elsewhere), newest first.
+    open: Vec<OpenRecording>,
 }
 
-async fn record(headers: HeaderMap, session: Session) -> Result<Response, AppError> {
+struct OpenRecording {
+    id: String,
+    title: String,
+    created: String,
+}
+
+async fn record(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    session: Session,
+) -> Result<Response, AppError> {
     let ctx = ctx(&headers, &session).await?;
-    if let Err(redirect) = require_ready(&ctx) {
-        return Ok(redirect.into_response());
-    }
-    render(RecordPage { ctx })
+    let user = match require_ready(&ctx) {
+        Ok(u) => u.clone(),
+        Err(redirect) => return Ok(redirect.into_response()),
+    };
+    let rows: Vec<(uuid::Uuid, String, time::OffsetDateTime)> = sqlx::query_as(
+        "SELECT id, title, created_at FROM projects
+          WHERE user_id = $1 AND status = 'recording'
+          ORDER BY created_at DESC LIMIT 20",
+    )
+    .bind(user.id)
+    .fetch_all(&s.db)
+    .await?;
+    let open = rows
+        .into_iter()
+        .map(|(id, title, created)| OpenRecording {
+            id: id.to_string(),
+            title,
+            created: created.date().to_string(),
+        })
+        .collect();
+    render(RecordPage { ctx, open })
 }
