@@ -152,18 +152,21 @@ pub fn resume(props: &ResumeProps) -> Html {
     let device_last = use_state(|| None::<u32>);
     let phase = use_state(|| Phase::Loading);
     let error = use_state(|| None::<String>);
+    // Why the server could not be asked, if it could not (kept apart from
+    // `error`, which a later poll must not wipe).
+    let unreachable = use_state(|| None::<String>);
     let tick = use_state(|| 0u32);
     // Set once Finish or Discard is under way: the page then moves on by
     // itself, and the status poll must not reload it first.
     let leaving = use_memo((), |_| Cell::new(false));
 
     {
-        let (uploader, server, device_last, phase, error, leaving) = (
+        let (uploader, server, device_last, phase, unreachable, leaving) = (
             uploader.clone(),
             server.clone(),
             device_last.clone(),
             phase.clone(),
-            error.clone(),
+            unreachable.clone(),
             leaving.clone(),
         );
         let project = props.project.clone();
@@ -193,10 +196,10 @@ pub fn resume(props: &ResumeProps) -> Html {
                             return;
                         }
                         Ok(s) => {
-                            error.set(None);
+                            unreachable.set(None);
                             server.set(Some(s));
                         }
-                        Err(e) => error.set(Some(e.message)),
+                        Err(e) => unreachable.set(Some(e.message)),
                     }
                     dom::sleep(5_000).await;
                 }
@@ -351,7 +354,7 @@ pub fn resume(props: &ResumeProps) -> Html {
             if *phase == Phase::Finishing {
                 <p class="status busy">{ w.finishing }</p>
             }
-            if let Some(m) = fatal.or_else(|| (*error).clone()) {
+            if let Some(m) = fatal.or_else(|| (*error).clone()).or_else(|| (*unreachable).clone()) {
                 <p class="status error" id="resume-error" role="alert">{ m }</p>
             }
         </div>
