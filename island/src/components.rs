@@ -283,3 +283,28 @@ impl Logout {
         handler.forget();
     }
 }
+
+/// Re-renders the component every `ms` milliseconds while it is mounted,
+/// for what changes outside Yew's state (clocks, meters, upload counters).
+#[hook]
+pub fn use_repaint(ms: i32) {
+    let tick = use_state(|| 0u32);
+    use_effect_with(ms, move |&ms| {
+        let cb = Closure::<dyn FnMut()>::new(move || tick.set(tick.wrapping_add(1)));
+        let id = web_sys::window()
+            .and_then(|w| {
+                w.set_interval_with_callback_and_timeout_and_arguments_0(
+                    cb.as_ref().unchecked_ref(),
+                    ms,
+                )
+                .ok()
+            })
+            .unwrap_or(0);
+        move || {
+            if let Some(w) = web_sys::window() {
+                w.clear_interval_with_handle(id);
+            }
+            drop(cb);
+        }
+    });
+}

@@ -370,7 +370,6 @@ pub fn recorder() -> Html {
     let phase = use_state(|| Phase::Setup);
     let error = use_state(|| None::<String>);
     let countdown = use_state(|| None::<u32>);
-    let tick = use_state(|| 0u32);
     let (title, participant, language, stylize, timer, video) = (
         use_node_ref(),
         use_node_ref(),
@@ -381,27 +380,7 @@ pub fn recorder() -> Html {
     );
 
     // Re-render five times a second for the clock, meter and upload line.
-    {
-        let tick = tick.clone();
-        use_effect_with((), move |_| {
-            let cb = Closure::<dyn FnMut()>::new(move || tick.set(tick.wrapping_add(1)));
-            let id = web_sys::window()
-                .and_then(|w| {
-                    w.set_interval_with_callback_and_timeout_and_arguments_0(
-                        cb.as_ref().unchecked_ref(),
-                        200,
-                    )
-                    .ok()
-                })
-                .unwrap_or(0);
-            move || {
-                if let Some(w) = web_sys::window() {
-                    w.clear_interval_with_handle(id);
-                }
-                drop(cb);
-            }
-        });
-    }
+    crate::components::use_repaint(200);
 
     let on_record = {
         let (live, phase, error) = (live.clone(), phase.clone(), error.clone());

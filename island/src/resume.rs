@@ -10,8 +10,6 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use serde::Deserialize;
-use wasm_bindgen::JsCast;
-use wasm_bindgen::prelude::Closure;
 use yew::platform::spawn_local;
 use yew::prelude::*;
 
@@ -155,7 +153,6 @@ pub fn resume(props: &ResumeProps) -> Html {
     // Why the server could not be asked, if it could not (kept apart from
     // `error`, which a later poll must not wipe).
     let unreachable = use_state(|| None::<String>);
-    let tick = use_state(|| 0u32);
     // Set once Finish or Discard is under way: the page then moves on by
     // itself, and the status poll must not reload it first.
     let leaving = use_memo((), |_| Cell::new(false));
@@ -208,27 +205,7 @@ pub fn resume(props: &ResumeProps) -> Html {
         });
     }
     // Re-render twice a second for the upload line.
-    {
-        let tick = tick.clone();
-        use_effect_with((), move |_| {
-            let cb = Closure::<dyn FnMut()>::new(move || tick.set(tick.wrapping_add(1)));
-            let id = web_sys::window()
-                .and_then(|w| {
-                    w.set_interval_with_callback_and_timeout_and_arguments_0(
-                        cb.as_ref().unchecked_ref(),
-                        500,
-                    )
-                    .ok()
-                })
-                .unwrap_or(0);
-            move || {
-                if let Some(w) = web_sys::window() {
-                    w.clear_interval_with_handle(id);
-                }
-                drop(cb);
-            }
-        });
-    }
+    crate::components::use_repaint(500);
 
     let progress = (*uploader)
         .as_ref()
