@@ -301,9 +301,28 @@ async fn decode(bytes: Vec<u8>) -> Result<RgbImage, RemoteError> {
         })
 }
 
+/// Takes one place in a user's daily styling set, atomically: a photo
+/// already in the set keeps its place (a retried job is not charged twice),
+/// a new one gets a place only while the set holds fewer than the quota.
+/// KEYS[1] the day's set, ARGV[1] the photo, ARGV[2] the quota, ARGV[3] the
+/// set's lifetime in seconds. Answers 1 when the photo may be drawn.
+const LUA_TAKE_QUOTA: &str = r"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return 1
+end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
 /// Counts `photo` against `user`'s styling quota for today; `false` when
 /// the quota is used up. Counting a photo twice (a retried job) is free:
-/// the day's photos are a set.
+/// the day's photos are a set. Photos drawn side by side cannot both be
+/// refused for each other's sake, since the check and the count are one
+/// script run by Redis at once.
 pub async fn take_quota(
     redis: &fred::clients::Client,
     prefix: &str,
@@ -311,18 +330,22 @@ pub async fn take_quota(
     photo: Uuid,
     quota: u32,
 ) -> anyhow::Result<bool> {
-    use fred::interfaces::{KeysInterface, SetsInterface};
+    use fred::interfaces::LuaInterface;
     if quota == 0 {
         return Ok(false);
     }
     let today = time::OffsetDateTime::now_utc().date();
     let key = format!("{prefix}:style-quota:{user}:{today}");
-    let _: i64 = redis.sadd(&key, photo.to_string()).await?;
-    let _: bool = redis.expire(&key, 2 * 24 * 3600, None).await?;
-    let used: u64 = redis.scard(&key).await?;
-    if used > u64::from(quota) {
-        let _: i64 = redis.srem(&key, photo.to_string()).await?;
-        return Ok(false);
-    }
-    Ok(true)
+    let taken: i64 = redis
+        .eval(
+            LUA_TAKE_QUOTA,
+            vec![key],
+            vec![
+                photo.to_string(),
+                quota.to_string(),
+                (2 * 24 * 3600).to_string(),
+            ],
+        )
+        .await?;
+    Ok(taken == 1)
 }
