@@ -100,15 +100,25 @@ impl TestDb {
         let mut conn = sqlx::PgConnection::connect(owner)
             .await
             .expect("connect as owner");
-        for _ in 0..50 {
+        // PostgreSQL itself waits up to 5 s for other sessions to leave
+        // before it refuses, so a few attempts are plenty; a connection
+        // still open after that is a leak in the test, named below.
+        for _ in 0..3 {
             let sql = format!("DROP DATABASE IF EXISTS {}", self.name);
             if sqlx::query(&sql).execute(&mut conn).await.is_ok() {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+        let holders: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT usename::text, application_name FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(&self.name)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
         eprintln!(
-            "warning: test database {} is still in use; left behind",
+            "warning: test database {} is still in use ({holders:?}); left behind",
             self.name
         );
     }
@@ -226,6 +236,10 @@ pub struct TestApp {
     pub config: kiroku_app::config::AppConfig,
     pub pool: sqlx::PgPool,
     server: tokio::task::JoinHandle<()>,
+    /// The pools of the workers made for this app ([`worker_for`]): closed
+    /// on stop, or their idle connections would keep the database from
+    /// being dropped.
+    worker_pools: std::sync::Mutex<Vec<sqlx::PgPool>>,
 }
 
 /// The cheapest KDF parameters the contract allows, to keep tests quick.
@@ -282,6 +296,7 @@ impl TestApp {
             config,
             pool,
             server,
+            worker_pools: Default::default(),
         }
     }
 
@@ -294,6 +309,10 @@ impl TestApp {
     pub async fn stop_keep_db(self) -> TestDb {
         self.server.abort();
         self.pool.close().await;
+        let workers = std::mem::take(&mut *self.worker_pools.lock().expect("not poisoned"));
+        for pool in workers {
+            pool.close().await;
+        }
         self.db
     }
 
@@ -540,6 +559,10 @@ pub async fn worker_with(
     let mut state = kiroku_pipeline::connect(config.clone())
         .await
         .expect("worker connects");
+    app.worker_pools
+        .lock()
+        .expect("not poisoned")
+        .push(state.db.clone());
     state.transcriber = match transcriber {
         None if remote_speech => kiroku_pipeline::load_speech(&config)
             .await
