@@ -118,9 +118,11 @@ async fn a_worker_killed_in_each_job_kind_leaves_exactly_one_script() {
         "prepare had finished"
     );
 
-    // 2. transcribe: killed with a segment claimed and not yet done.
+    // 2. transcribe: killed with a segment claimed and not yet done, after
+    // the cutting finished (segments are also transcribed while it goes on).
     let w = worker(&app);
-    let working = "SELECT count(*) FROM segments WHERE project_id = $1 AND status = 'working'";
+    let working = "SELECT count(*) FROM segments s JOIN projects p ON p.id = s.project_id
+                    WHERE s.project_id = $1 AND s.status = 'working' AND p.step = 'transcribe'";
     until("a segment to be claimed", 120, || async {
         count(&db, working, project).await > 0
     })

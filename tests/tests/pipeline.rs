@@ -529,3 +529,111 @@ async fn the_stylize_switch_draws_the_photos_and_without_it_they_stay_photos() {
     worker.db.close().await;
     app.stop().await;
 }
+
+/// The jobs of each kind waiting in the project's queue stream.
+async fn queued(app: &TestApp, kind: &str, project: Uuid) -> usize {
+    let queue = kiroku_app::redis_pool(&app.config.queue_redis_url)
+        .await
+        .unwrap();
+    let stream = kiroku_jobs::stream_for(&app.config.redis_prefix);
+    let jobs: Vec<(String, std::collections::HashMap<String, String>)> =
+        fred::interfaces::StreamsInterface::xrange(&queue, &stream, "-", "+", None)
+            .await
+            .unwrap();
+    let project = project.to_string();
+    jobs.iter()
+        .filter(|(_, f)| f.values().any(|v| v == kind) && f.values().any(|v| *v == project))
+        .count()
+}
+
+#[tokio::test]
+async fn segments_are_queued_as_they_are_cut_and_finalize_waits_for_the_last_cut() {
+    let app = TestApp::start(&[]).await;
+    let (_, user_id, _) = app.ready_browser("lia").await;
+    let audio = looped_webm("routine-es.wav", 100);
+    let project = stopped_recording_of(&app, &user_id, &audio, 10, 100_000, &[]).await;
+    let worker = worker_for(&app, Some(Arc::new(Scripted::new(&["Hola."])))).await;
+    process::prepare(&worker, project).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM segments WHERE project_id = $1")
+        .bind(project)
+        .fetch_one(&worker.db)
+        .await
+        .unwrap();
+    assert!(n >= 3, "{n} segments");
+    assert_eq!(queued(&app, "transcribe", project).await, n as usize);
+
+    // As if the cutting were still going on when every segment so far is
+    // transcribed: the project must not move on to finalize.
+    let owner = app.owner_pool().await;
+    let set_step = |step: &'static str| {
+        let owner = owner.clone();
+        async move {
+            sqlx::query(
+                "UPDATE projects SET step = $2, step_done = 0, step_total = 1 WHERE id = $1",
+            )
+            .bind(project)
+            .bind(step)
+            .execute(&owner)
+            .await
+            .unwrap();
+        }
+    };
+    set_step("prepare").await;
+    for _ in 0..n {
+        process::transcribe(&worker, project).await.unwrap();
+    }
+    let state = || async {
+        sqlx::query_as::<_, (String, i32, i32)>(
+            "SELECT step, step_done, step_total FROM projects WHERE id = $1",
+        )
+        .bind(project)
+        .fetch_one(&worker.db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(state().await, ("prepare".to_owned(), 0, 1));
+    assert_eq!(queued(&app, "finalize", project).await, 0);
+    // A stray transcription job finds nothing to do and changes nothing.
+    process::transcribe(&worker, project).await.unwrap();
+    assert_eq!(queued(&app, "finalize", project).await, 0);
+
+    // The end of the cutting finds them all done and moves on, once, however
+    // often it is repeated (a retried job).
+    process::all_segments_cut(&worker, project, n as i32)
+        .await
+        .unwrap();
+    assert_eq!(state().await.0, "finalize");
+    process::all_segments_cut(&worker, project, n as i32)
+        .await
+        .unwrap();
+    process::transcribe(&worker, project).await.unwrap();
+    assert_eq!(state().await.0, "finalize");
+    assert_eq!(queued(&app, "finalize", project).await, 1);
+
+    // The other order: the cut ends first, with a segment still open; the
+    // progress counts those done, and the last transcription moves on.
+    set_step("prepare").await;
+    sqlx::query("UPDATE segments SET status = 'pending' WHERE project_id = $1 AND idx = $2")
+        .bind(project)
+        .bind((n - 1) as i32)
+        .execute(&owner)
+        .await
+        .unwrap();
+    process::all_segments_cut(&worker, project, n as i32)
+        .await
+        .unwrap();
+    assert_eq!(
+        state().await,
+        ("transcribe".to_owned(), (n - 1) as i32, n as i32)
+    );
+    assert_eq!(queued(&app, "finalize", project).await, 1);
+    process::transcribe(&worker, project).await.unwrap();
+    assert_eq!(state().await.0, "finalize");
+    assert_eq!(queued(&app, "finalize", project).await, 2);
+
+    process::finalize(&worker, project).await.unwrap();
+    assert!(leftovers(&user_id, project).await.is_empty());
+    owner.close().await;
+    worker.db.close().await;
+    app.stop().await;
+}

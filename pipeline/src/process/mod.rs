@@ -178,8 +178,7 @@ async fn decode_into_segments(
             let idx = stored;
             stored += 1;
             end_ms = seg.end_ms();
-            let (db, store) = (state.db.clone(), state.store.clone());
-            uploads.spawn(store_segment(db, store, project, idx, seg));
+            uploads.spawn(store_segment(state.clone(), project, idx, seg));
         }
         if ended {
             break;
@@ -217,10 +216,11 @@ async fn break_if_failed(child: &mut tokio::process::Child) -> anyhow::Result<()
     Ok(())
 }
 
-/// Stores one segment's WAV under the project's work area and its row.
+/// Stores one segment's WAV under the project's work area and its row, then
+/// queues its transcription at once: segments are transcribed while the
+/// rest of the recording is still being decoded.
 async fn store_segment(
-    db: sqlx::PgPool,
-    store: kiroku_storage::WorkerStore,
+    state: WorkerState,
     project: Uuid,
     idx: usize,
     seg: segment::Segment,
@@ -228,7 +228,7 @@ async fn store_segment(
     let key = format!("work/{project}/segments/{idx:04}.wav");
     let (start_ms, end_ms) = (seg.start_ms(), seg.end_ms().max(seg.start_ms() + 1));
     let wav = tokio::task::spawn_blocking(move || segment::wav_bytes(&seg.samples)).await?;
-    store.put(&key, Bytes::from(wav)).await?;
+    state.store.put(&key, Bytes::from(wav)).await?;
     sqlx::query(
         "INSERT INTO segments (project_id, idx, start_ms, end_ms, object_key) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -237,9 +237,9 @@ async fn store_segment(
     .bind(start_ms)
     .bind(end_ms)
     .bind(&key)
-    .execute(&db)
+    .execute(&state.db)
     .await?;
-    Ok(())
+    enqueue(&state, JobKind::Transcribe, project).await
 }
 
 /// Assembles the recording and splits it into segments for transcription.
@@ -304,16 +304,52 @@ pub async fn prepare(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
         .execute(&state.db)
         .await?;
     tracing::info!(project_id = %project, user_id = %user, segments = n, "recording prepared");
-    set_step(state, project, "transcribe", 0, n).await?;
-    if n == 0 {
-        sqlx::query("UPDATE projects SET step = 'finalize' WHERE id = $1")
+    all_segments_cut(state, project, n).await
+}
+
+/// Marks the cutting of a recording into `segments` finished. Each
+/// segment's transcription was queued when it was stored and some may be
+/// done already: the progress starts from them, and if every one is (or
+/// there are none), the project moves on to finalize from here. Safe to
+/// call again.
+pub async fn all_segments_cut(
+    state: &WorkerState,
+    project: Uuid,
+    segments: i32,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE projects SET step = 'transcribe', step_total = $2,
+                step_done = (SELECT count(*) FROM segments WHERE project_id = $1 AND status = 'done')
+          WHERE id = $1 AND step IN ('prepare', 'transcribe')",
+    )
+    .bind(project)
+    .bind(segments)
+    .execute(&state.db)
+    .await?;
+    finalize_when_transcribed(state, project).await
+}
+
+/// Queues the finalize job once every segment is transcribed and the
+/// recording is fully cut (the step is `transcribe` only after `prepare`
+/// stored the last segment). Both `prepare` and each `transcribe` call it;
+/// the conditional update lets exactly one of them move the project on.
+async fn finalize_when_transcribed(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM segments WHERE project_id = $1 AND status <> 'done'",
+    )
+    .bind(project)
+    .fetch_one(&state.db)
+    .await?;
+    if open > 0 {
+        return Ok(());
+    }
+    let moved =
+        sqlx::query("UPDATE projects SET step = 'finalize' WHERE id = $1 AND step = 'transcribe'")
             .bind(project)
             .execute(&state.db)
             .await?;
-        return enqueue(state, JobKind::Finalize, project).await;
-    }
-    for _ in 0..n {
-        enqueue(state, JobKind::Transcribe, project).await?;
+    if moved.rows_affected() == 1 {
+        enqueue(state, JobKind::Finalize, project).await?;
     }
     Ok(())
 }
@@ -431,9 +467,11 @@ pub async fn transcribe(state: &WorkerState, project: Uuid) -> anyhow::Result<()
             .bind(idx)
             .execute(&mut *tx)
             .await?;
+        // Only counted once `prepare` has cut them all: before that the
+        // step shown is still the preparation.
         sqlx::query(
             "UPDATE projects SET step_done = (SELECT count(*) FROM segments WHERE project_id = $1 AND status = 'done')
-              WHERE id = $1",
+              WHERE id = $1 AND step = 'transcribe'",
         )
         .bind(project)
         .execute(&mut *tx)
@@ -442,24 +480,7 @@ pub async fn transcribe(state: &WorkerState, project: Uuid) -> anyhow::Result<()
         tracing::info!(project_id = %project, segment = idx, lines = transcript.lines.len(), "segment transcribed");
     }
     // The worker that sees the last segment done moves the project on, once.
-    let open: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM segments WHERE project_id = $1 AND status <> 'done'",
-    )
-    .bind(project)
-    .fetch_one(&state.db)
-    .await?;
-    if open == 0 {
-        let moved = sqlx::query(
-            "UPDATE projects SET step = 'finalize' WHERE id = $1 AND step = 'transcribe'",
-        )
-        .bind(project)
-        .execute(&state.db)
-        .await?;
-        if moved.rows_affected() == 1 {
-            enqueue(state, JobKind::Finalize, project).await?;
-        }
-    }
-    Ok(())
+    finalize_when_transcribed(state, project).await
 }
 
 async fn transcribe_segment(
