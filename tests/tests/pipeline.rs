@@ -530,20 +530,33 @@ async fn the_stylize_switch_draws_the_photos_and_without_it_they_stay_photos() {
     app.stop().await;
 }
 
-/// The jobs of each kind waiting in the project's queue stream.
-async fn queued(app: &TestApp, kind: &str, project: Uuid) -> usize {
-    let queue = kiroku_app::redis_pool(&app.config.queue_redis_url)
-        .await
-        .unwrap();
-    let stream = kiroku_jobs::stream_for(&app.config.redis_prefix);
-    let jobs: Vec<(String, std::collections::HashMap<String, String>)> =
-        fred::interfaces::StreamsInterface::xrange(&queue, &stream, "-", "+", None)
-            .await
-            .unwrap();
-    let project = project.to_string();
-    jobs.iter()
-        .filter(|(_, f)| f.values().any(|v| v == kind) && f.values().any(|v| *v == project))
-        .count()
+/// The app's queue stream, to count the jobs on it.
+struct Jobs {
+    redis: fred::clients::Pool,
+    stream: String,
+}
+
+impl Jobs {
+    async fn of(app: &TestApp) -> Jobs {
+        Jobs {
+            redis: kiroku_app::redis_pool(&app.config.queue_redis_url)
+                .await
+                .unwrap(),
+            stream: kiroku_jobs::stream_for(&app.config.redis_prefix),
+        }
+    }
+
+    /// The jobs of `kind` for `project` added to the stream so far.
+    async fn count(&self, kind: &str, project: Uuid) -> usize {
+        let jobs: Vec<(String, std::collections::HashMap<String, String>)> =
+            fred::interfaces::StreamsInterface::xrange(&self.redis, &self.stream, "-", "+", None)
+                .await
+                .unwrap();
+        let project = project.to_string();
+        jobs.iter()
+            .filter(|(_, f)| f.values().any(|v| v == kind) && f.values().any(|v| *v == project))
+            .count()
+    }
 }
 
 #[tokio::test]
@@ -553,14 +566,40 @@ async fn segments_are_queued_as_they_are_cut_and_finalize_waits_for_the_last_cut
     let audio = looped_webm("routine-es.wav", 100);
     let project = stopped_recording_of(&app, &user_id, &audio, 10, 100_000, &[]).await;
     let worker = worker_for(&app, Some(Arc::new(Scripted::new(&["Hola."])))).await;
-    process::prepare(&worker, project).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM segments WHERE project_id = $1")
+    let jobs = Jobs::of(&app).await;
+    // Watched from beside it: a segment's job is on the queue while later
+    // segments are still being decoded (the segments are counted after the
+    // queue, so a count below the final one means the cut was not over).
+    let preparing = tokio::spawn({
+        let worker = worker.clone();
+        async move { process::prepare(&worker, project).await }
+    });
+    let segments = "SELECT count(*) FROM segments WHERE project_id = $1";
+    let mut fewest_with_a_job = i64::MAX;
+    while !preparing.is_finished() {
+        let queued = jobs.count("transcribe", project).await;
+        let stored: i64 = sqlx::query_scalar(segments)
+            .bind(project)
+            .fetch_one(&worker.db)
+            .await
+            .unwrap();
+        if queued > 0 {
+            fewest_with_a_job = fewest_with_a_job.min(stored);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    preparing.await.unwrap().unwrap();
+    let n: i64 = sqlx::query_scalar(segments)
         .bind(project)
         .fetch_one(&worker.db)
         .await
         .unwrap();
+    assert!(
+        fewest_with_a_job < n,
+        "no transcription was queued before the last of {n} segments was cut"
+    );
     assert!(n >= 3, "{n} segments");
-    assert_eq!(queued(&app, "transcribe", project).await, n as usize);
+    assert_eq!(jobs.count("transcribe", project).await, n as usize);
 
     // As if the cutting were still going on when every segment so far is
     // transcribed: the project must not move on to finalize.
@@ -592,10 +631,10 @@ async fn segments_are_queued_as_they_are_cut_and_finalize_waits_for_the_last_cut
         .unwrap()
     };
     assert_eq!(state().await, ("prepare".to_owned(), 0, 1));
-    assert_eq!(queued(&app, "finalize", project).await, 0);
+    assert_eq!(jobs.count("finalize", project).await, 0);
     // A stray transcription job finds nothing to do and changes nothing.
     process::transcribe(&worker, project).await.unwrap();
-    assert_eq!(queued(&app, "finalize", project).await, 0);
+    assert_eq!(jobs.count("finalize", project).await, 0);
 
     // The end of the cutting finds them all done and moves on, once, however
     // often it is repeated (a retried job).
@@ -606,9 +645,13 @@ async fn segments_are_queued_as_they_are_cut_and_finalize_waits_for_the_last_cut
     process::all_segments_cut(&worker, project, n as i32)
         .await
         .unwrap();
+    assert_eq!(jobs.count("finalize", project).await, 1);
+    // A job with nothing to do (redelivered after its worker died between
+    // moving the step and queueing finalize, say) queues finalize again:
+    // finalize runs take turns, so a second one changes nothing.
     process::transcribe(&worker, project).await.unwrap();
     assert_eq!(state().await.0, "finalize");
-    assert_eq!(queued(&app, "finalize", project).await, 1);
+    assert_eq!(jobs.count("finalize", project).await, 2);
 
     // The other order: the cut ends first, with a segment still open; the
     // progress counts those done, and the last transcription moves on.
@@ -626,10 +669,46 @@ async fn segments_are_queued_as_they_are_cut_and_finalize_waits_for_the_last_cut
         state().await,
         ("transcribe".to_owned(), (n - 1) as i32, n as i32)
     );
-    assert_eq!(queued(&app, "finalize", project).await, 1);
+    assert_eq!(jobs.count("finalize", project).await, 2);
     process::transcribe(&worker, project).await.unwrap();
     assert_eq!(state().await.0, "finalize");
-    assert_eq!(queued(&app, "finalize", project).await, 2);
+    assert_eq!(jobs.count("finalize", project).await, 3);
+
+    // A prepare job handed out again after the cut (its worker died before
+    // acknowledging it) resumes: nothing is cut again, and finalize, which
+    // the dead run may never have queued, is queued.
+    let lines = "SELECT count(*) FROM transcript_lines WHERE project_id = $1";
+    let lines_before: i64 = sqlx::query_scalar(lines)
+        .bind(project)
+        .fetch_one(&worker.db)
+        .await
+        .unwrap();
+    process::prepare(&worker, project).await.unwrap();
+    assert_eq!(state().await.0, "finalize");
+    assert_eq!(jobs.count("finalize", project).await, 4);
+    assert_eq!(jobs.count("transcribe", project).await, n as usize);
+    let lines_after: i64 = sqlx::query_scalar(lines)
+        .bind(project)
+        .fetch_one(&worker.db)
+        .await
+        .unwrap();
+    assert_eq!(lines_after, lines_before);
+
+    // While another run holds the project, prepare refuses to start (the
+    // queue tries again later) and changes nothing.
+    {
+        use sqlx::Connection;
+        let mut other = owner.acquire().await.unwrap().detach();
+        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+            .bind(format!("kiroku:prepare:{project}"))
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let err = process::prepare(&worker, project).await.unwrap_err();
+        assert!(format!("{err}").contains("still being prepared"), "{err}");
+        assert_eq!(jobs.count("finalize", project).await, 4);
+        other.close().await.unwrap();
+    }
 
     process::finalize(&worker, project).await.unwrap();
     assert!(leftovers(&user_id, project).await.is_empty());

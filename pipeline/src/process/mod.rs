@@ -243,24 +243,61 @@ async fn store_segment(
 }
 
 /// Assembles the recording and splits it into segments for transcription.
+///
+/// One run at a time per project: a run still cutting (a stalled worker's,
+/// or one overtaken by a retry the performer asked for) would otherwise add
+/// segments beside the new run's and could move the project on too early.
+/// The lock lives on a connection of its own, so it goes with the run
+/// however that ends, a killed worker included.
 pub async fn prepare(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
-    let row: Option<(Uuid, String, Option<i32>)> =
-        sqlx::query_as("SELECT user_id, status, last_seq FROM projects WHERE id = $1")
+    use sqlx::Connection;
+    let mut lock = state.db.acquire().await?.detach();
+    let lock_key = format!("kiroku:prepare:{project}");
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(&lock_key)
+        .fetch_one(&mut lock)
+        .await?;
+    if !locked {
+        bail!("this recording is still being prepared by an earlier attempt; trying again later");
+    }
+    let result = prepare_alone(state, project).await;
+    // Closing the connection releases the lock.
+    let _ = lock.close().await;
+    result
+}
+
+async fn prepare_alone(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
+    let row: Option<(Uuid, String, Option<String>, Option<i32>)> =
+        sqlx::query_as("SELECT user_id, status, step, last_seq FROM projects WHERE id = $1")
             .bind(project)
             .fetch_optional(&state.db)
             .await?;
-    let Some((user, status, last_seq)) = row else {
+    let Some((user, status, step, last_seq)) = row else {
         return Ok(());
     };
     if !matches!(status.as_str(), "queued" | "processing") {
         tracing::info!(project_id = %project, status, "prepare: nothing to do");
         return Ok(());
     }
+    if status == "processing" && matches!(step.as_deref(), Some("transcribe" | "finalize")) {
+        // An earlier run finished the cut (the step leaves `prepare` only
+        // then, with every segment stored and its job queued) and died
+        // before its job was acknowledged: carry on from there instead of
+        // cutting again under a running finalize.
+        tracing::info!(project_id = %project, "prepare: already cut; resuming");
+        return finalize_when_transcribed(state, project, true).await;
+    }
     let last_seq = last_seq.context("project has no last chunk number")?;
-    sqlx::query("UPDATE projects SET status = 'processing', failure = NULL WHERE id = $1")
-        .bind(project)
-        .execute(&state.db)
-        .await?;
+    let taken = sqlx::query(
+        "UPDATE projects SET status = 'processing', failure = NULL
+          WHERE id = $1 AND status IN ('queued', 'processing')",
+    )
+    .bind(project)
+    .execute(&state.db)
+    .await?;
+    if taken.rows_affected() == 0 {
+        return Ok(()); // finished or deleted meanwhile
+    }
     set_step(state, project, "prepare", 0, 1).await?;
 
     // A chunk that was in flight when the recording was stopped (from
@@ -320,20 +357,30 @@ pub async fn all_segments_cut(
     sqlx::query(
         "UPDATE projects SET step = 'transcribe', step_total = $2,
                 step_done = (SELECT count(*) FROM segments WHERE project_id = $1 AND status = 'done')
-          WHERE id = $1 AND step IN ('prepare', 'transcribe')",
+          WHERE id = $1 AND status = 'processing' AND step IN ('prepare', 'transcribe')",
     )
     .bind(project)
     .bind(segments)
     .execute(&state.db)
     .await?;
-    finalize_when_transcribed(state, project).await
+    finalize_when_transcribed(state, project, false).await
 }
 
 /// Queues the finalize job once every segment is transcribed and the
 /// recording is fully cut (the step is `transcribe` only after `prepare`
 /// stored the last segment). Both `prepare` and each `transcribe` call it;
 /// the conditional update lets exactly one of them move the project on.
-async fn finalize_when_transcribed(state: &WorkerState, project: Uuid) -> anyhow::Result<()> {
+///
+/// `again`: the caller is a job that did no work of its own (a redelivered
+/// or stray one). If the project already moved on to finalize, the job
+/// that moved it may have died before queueing finalize, so it is queued
+/// again; finalize takes turns with itself, and a second run changes
+/// nothing.
+async fn finalize_when_transcribed(
+    state: &WorkerState,
+    project: Uuid,
+    again: bool,
+) -> anyhow::Result<()> {
     let open: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM segments WHERE project_id = $1 AND status <> 'done'",
     )
@@ -343,12 +390,23 @@ async fn finalize_when_transcribed(state: &WorkerState, project: Uuid) -> anyhow
     if open > 0 {
         return Ok(());
     }
-    let moved =
-        sqlx::query("UPDATE projects SET step = 'finalize' WHERE id = $1 AND step = 'transcribe'")
+    let moved = sqlx::query(
+        "UPDATE projects SET step = 'finalize'
+          WHERE id = $1 AND step = 'transcribe' AND status = 'processing'",
+    )
+    .bind(project)
+    .execute(&state.db)
+    .await?;
+    let queue = moved.rows_affected() == 1
+        || (again
+            && sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM projects
+                                 WHERE id = $1 AND step = 'finalize' AND status = 'processing')",
+            )
             .bind(project)
-            .execute(&state.db)
-            .await?;
-    if moved.rows_affected() == 1 {
+            .fetch_one(&state.db)
+            .await?);
+    if queue {
         enqueue(state, JobKind::Finalize, project).await?;
     }
     Ok(())
@@ -401,6 +459,7 @@ pub async fn transcribe(state: &WorkerState, project: Uuid) -> anyhow::Result<()
         }
         tokio::time::sleep(Duration::from_secs_f64((stale_secs / 3.0).min(10.0))).await;
     };
+    let did_nothing = claimed.is_none();
     if let Some((idx, start_ms, key)) = claimed {
         // Aborted when dropped, so a cancelled or panicking job stops
         // renewing a claim it no longer works on.
@@ -480,7 +539,7 @@ pub async fn transcribe(state: &WorkerState, project: Uuid) -> anyhow::Result<()
         tracing::info!(project_id = %project, segment = idx, lines = transcript.lines.len(), "segment transcribed");
     }
     // The worker that sees the last segment done moves the project on, once.
-    finalize_when_transcribed(state, project).await
+    finalize_when_transcribed(state, project, did_nothing).await
 }
 
 async fn transcribe_segment(
