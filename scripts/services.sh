@@ -16,7 +16,6 @@ DATA=${KIROKU_DATA_DIR:-$ROOT/.data}
 CACHE=${KIROKU_CACHE_DIR:-$HOME/.cache/kiroku}
 PG_PORT=${KIROKU_PG_PORT:-5432}
 REDIS_PORT=${KIROKU_REDIS_PORT:-6379}
-S3_PORT=${KIROKU_S3_PORT:-8333}
 ENV_FILE=$DATA/kiroku.env
 SEAWEED_VERSION=4.48
 SEAWEED_SHA256=3fa71d325cbe78f674340f5fa7270e4bac446354c8565bd4ee256c3c3c99463d
@@ -35,6 +34,33 @@ apt_install() {
     log "installing $*"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
+
+# Something listens on 127.0.0.1:$1.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# SeaweedFS's S3 port (it takes the four after it too): KIROKU_S3_PORT if
+# set; else the one this checkout's configuration already names; else 8333,
+# or the first of 8433, 8533, ... whose five ports are free when another
+# checkout's SeaweedFS holds 8333 (so a fresh clone beside a working one,
+# CI's for one, comes up on its own).
+choose_s3_port() {
+    if [ -n "${KIROKU_S3_PORT:-}" ]; then echo "$KIROKU_S3_PORT"; return; fi
+    if [ -f "$ENV_FILE" ]; then
+        local named
+        named=$(sed -n 's|^KIROKU_S3_ENDPOINT=http://127.0.0.1:\([0-9]*\)$|\1|p' "$ENV_FILE")
+        if [ -n "$named" ]; then echo "$named"; return; fi
+    fi
+    local base i busy
+    for base in $(seq 8333 100 9933); do
+        busy=0
+        for i in 0 1 2 3 4; do
+            if port_in_use $((base + i)); then busy=1; break; fi
+        done
+        if [ "$busy" = 0 ]; then echo "$base"; return; fi
+    done
+    die "no free block of five ports between 8333 and 9937 for SeaweedFS; set KIROKU_S3_PORT"
+}
+S3_PORT=$(choose_s3_port)
 
 secret() { head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'; }
 hexkey() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
