@@ -289,7 +289,8 @@ async fn prepare_alone(state: &WorkerState, project: Uuid) -> anyhow::Result<()>
     }
     let last_seq = last_seq.context("project has no last chunk number")?;
     let taken = sqlx::query(
-        "UPDATE projects SET status = 'processing', failure = NULL
+        "UPDATE projects SET status = 'processing', failure = NULL,
+                step = 'prepare', step_done = 0, step_total = 1
           WHERE id = $1 AND status IN ('queued', 'processing')",
     )
     .bind(project)
@@ -298,7 +299,6 @@ async fn prepare_alone(state: &WorkerState, project: Uuid) -> anyhow::Result<()>
     if taken.rows_affected() == 0 {
         return Ok(()); // finished or deleted meanwhile
     }
-    set_step(state, project, "prepare", 0, 1).await?;
 
     // A chunk that was in flight when the recording was stopped (from
     // another device, say) may land beyond the last one: it is not part of
