@@ -18,20 +18,12 @@ use kiroku_pipeline::queue::{
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+mod common;
+use common::redis;
+
 /// Deadline for anything the tests wait for: far above what any step
 /// needs, so only a real failure hits it.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn redis() -> Client {
-    let url = std::env::var("KIROKU_QUEUE_REDIS_URL").expect(
-        "KIROKU_QUEUE_REDIS_URL is not set: run the tests through scripts/with-env.sh or `just test`",
-    );
-    let client = Builder::from_config(Config::from_url(&url).expect("queue Redis URL"))
-        .build()
-        .unwrap();
-    client.init().await.expect("queue Redis answers");
-    client
-}
 
 /// Polls `check` until it holds; fails the test after [`PATIENCE`].
 async fn eventually<F, Fut>(what: &str, mut check: F)

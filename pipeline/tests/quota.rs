@@ -6,23 +6,19 @@ use fred::prelude::*;
 use kiroku_pipeline::styling::take_quota;
 use uuid::Uuid;
 
-async fn redis() -> Client {
-    let url = std::env::var("KIROKU_QUEUE_REDIS_URL").expect(
-        "KIROKU_QUEUE_REDIS_URL is not set: run the tests through scripts/with-env.sh or `just test`",
-    );
-    let client = Builder::from_config(Config::from_url(&url).expect("queue Redis URL"))
-        .build()
-        .unwrap();
-    client.init().await.expect("queue Redis answers");
-    client
+mod common;
+use common::redis;
+
+/// The keys written under `prefix`.
+async fn keys_under(redis: &Client, prefix: &str) -> Vec<String> {
+    redis
+        .custom(fred::cmd!("KEYS"), vec![format!("{prefix}:*")])
+        .await
+        .unwrap()
 }
 
 async fn forget(redis: &Client, prefix: &str) {
-    let keys: Vec<String> = redis
-        .custom(fred::cmd!("KEYS"), vec![format!("{prefix}:*")])
-        .await
-        .unwrap();
-    for key in keys {
+    for key in keys_under(redis, prefix).await {
         let _: i64 = redis.del(key).await.unwrap();
     }
 }
@@ -76,10 +72,7 @@ async fn photos_drawn_side_by_side_share_the_quota_exactly() {
     );
 
     // The day's set expires on its own.
-    let keys: Vec<String> = redis
-        .custom(fred::cmd!("KEYS"), vec![format!("{prefix}:*")])
-        .await
-        .unwrap();
+    let keys = keys_under(&redis, &prefix).await;
     assert_eq!(keys.len(), 2, "{keys:?}");
     for key in &keys {
         let ttl: i64 = redis.ttl(key).await.unwrap();

@@ -138,6 +138,16 @@ pub async fn open_all(app: &TestApp, project: Uuid, pkcs8: &[u8]) -> Vec<(String
     out
 }
 
+/// The single number `sql` answers for `project`, its only parameter (a
+/// `count(*)` of some rows of the project, usually).
+pub async fn count(db: &sqlx::PgPool, sql: &str, project: Uuid) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(project)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
 /// Objects of the project left in the ingest and work areas.
 pub async fn leftovers(user_id: &str, project: Uuid) -> Vec<String> {
     let store = s3_store(&env(), Role::Worker);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kiroku_storage::{Role, Store};
-use kiroku_tests::pipeline::{leftovers, open_all, stopped_recording, webm_of};
+use kiroku_tests::pipeline::{count, leftovers, open_all, stopped_recording, webm_of};
 use kiroku_tests::{Service, TestApp, env, free_port, s3_store};
 use serde_json::json;
 use sqlx::PgPool;
@@ -38,14 +38,6 @@ fn worker(app: &TestApp) -> Service {
 
 async fn project_state(db: &PgPool, project: Uuid) -> (String, Option<String>) {
     sqlx::query_as("SELECT status, step FROM projects WHERE id = $1")
-        .bind(project)
-        .fetch_one(db)
-        .await
-        .unwrap()
-}
-
-async fn count(db: &PgPool, sql: &str, project: Uuid) -> i64 {
-    sqlx::query_scalar(sql)
         .bind(project)
         .fetch_one(db)
         .await

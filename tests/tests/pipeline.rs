@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kiroku_pipeline::process;
 use kiroku_storage::Role;
 use kiroku_tests::pipeline::{
-    leftovers, looped_webm, open_all, run_pipeline, stopped_recording, stopped_recording_of,
+    count, leftovers, looped_webm, open_all, run_pipeline, stopped_recording, stopped_recording_of,
     webm_of,
 };
 use kiroku_tests::{Scripted, TestApp, env, s3_store, worker_for};
@@ -578,22 +578,14 @@ async fn segments_are_queued_as_they_are_cut_and_finalize_waits_for_the_last_cut
     let mut fewest_with_a_job = i64::MAX;
     while !preparing.is_finished() {
         let queued = jobs.count("transcribe", project).await;
-        let stored: i64 = sqlx::query_scalar(segments)
-            .bind(project)
-            .fetch_one(&worker.db)
-            .await
-            .unwrap();
+        let stored = count(&worker.db, segments, project).await;
         if queued > 0 {
             fewest_with_a_job = fewest_with_a_job.min(stored);
         }
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     preparing.await.unwrap().unwrap();
-    let n: i64 = sqlx::query_scalar(segments)
-        .bind(project)
-        .fetch_one(&worker.db)
-        .await
-        .unwrap();
+    let n = count(&worker.db, segments, project).await;
     assert!(
         fewest_with_a_job < n,
         "no transcription was queued before the last of {n} segments was cut"
@@ -678,21 +670,12 @@ async fn segments_are_queued_as_they_are_cut_and_finalize_waits_for_the_last_cut
     // acknowledging it) resumes: nothing is cut again, and finalize, which
     // the dead run may never have queued, is queued.
     let lines = "SELECT count(*) FROM transcript_lines WHERE project_id = $1";
-    let lines_before: i64 = sqlx::query_scalar(lines)
-        .bind(project)
-        .fetch_one(&worker.db)
-        .await
-        .unwrap();
+    let lines_before = count(&worker.db, lines, project).await;
     process::prepare(&worker, project).await.unwrap();
     assert_eq!(state().await.0, "finalize");
     assert_eq!(jobs.count("finalize", project).await, 4);
     assert_eq!(jobs.count("transcribe", project).await, n as usize);
-    let lines_after: i64 = sqlx::query_scalar(lines)
-        .bind(project)
-        .fetch_one(&worker.db)
-        .await
-        .unwrap();
-    assert_eq!(lines_after, lines_before);
+    assert_eq!(count(&worker.db, lines, project).await, lines_before);
 
     // While another run holds the project, prepare refuses to start (the
     // queue tries again later) and changes nothing.

@@ -235,7 +235,8 @@ async fn main() -> anyhow::Result<()> {
             stopped_recording_of(&app, &user_id, &audio, chunks, duration_ms, &photos).await;
         let t = run_jobs(&worker, &user_id, project).await?;
         eprintln!(
-            "run {}/{}: cut at {} s, {} segments transcribed {} s later, finalize {} s more, total {} s (ready at {} s)",
+            "run {}/{}: cut at {} s, {} segments transcribed {} s later, \
+             finalize {} s more, total {} s (ready at {} s)",
             i + 1,
             args.runs,
             secs(t.prepare),
@@ -339,7 +340,8 @@ async fn main() -> anyhow::Result<()> {
         args.runs
     );
     println!(
-        "excluding the speech engine: {} s to the end of the cleanup, ready at {} s (cut at {} s, the last of {} segments transcribed {} s later, finalize {} s more)",
+        "excluding the speech engine: {} s to the end of the cleanup, ready at {} s \
+         (cut at {} s, the last of {} segments transcribed {} s later, finalize {} s more)",
         secs(mid.total()),
         secs(mid.ready),
         secs(mid.prepare),
@@ -354,7 +356,8 @@ async fn main() -> anyhow::Result<()> {
     );
     if let Some(t) = engine_run {
         println!(
-            "stop → ready with the offline engine: {} s ({} segments; cut at {} s, the last transcribed {} s later)",
+            "stop → ready with the offline engine: {} s \
+             ({} segments; cut at {} s, the last transcribed {} s later)",
             secs(t.total()),
             t.segments,
             secs(t.prepare),
